@@ -1,0 +1,139 @@
+"""Streaming reader and writer for the BEIR layout, with one-line errors for bad input.
+
+A BEIR folder holds `corpus.jsonl` (`_id`, `title`, `text`), `queries.jsonl` (`_id`, `text`)
+and `qrels/<split>.tsv` (header `query-id corpus-id score`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from irlm.errors import InputError
+from irlm.types import Corpus, Dataset, Document, Qrels, Queries
+from irlm.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; CRLF endings read as LF."""
+    with open(path, encoding="utf-8", newline=None) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path, lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", path, lineno)
+            yield lineno, obj
+
+
+def _field(obj: dict, name: str, path, lineno: int, required: bool = True) -> str:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise InputError("is missing", path, lineno, name)
+        return ""
+    if name == "_id" and isinstance(value, int):
+        return str(value)  # some BEIR mirrors write numeric ids
+    if not isinstance(value, str):
+        raise InputError(f"must be a string, got {type(value).__name__}", path, lineno, name)
+    return value
+
+
+def _check_unique(seen: dict[str, int], doc_id: str, path, lineno: int) -> None:
+    if doc_id in seen:
+        raise InputError(f"duplicate id '{doc_id}' (first seen on line {seen[doc_id]})", path, lineno, "_id")
+    seen[doc_id] = lineno
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    """Read a BEIR corpus; raises InputError on bad lines, duplicate ids or an empty file."""
+    docs, seen = [], {}
+    for lineno, obj in iter_jsonl(path):
+        doc_id = _field(obj, "_id", path, lineno)
+        _check_unique(seen, doc_id, path, lineno)
+        text = _field(obj, "text", path, lineno)
+        docs.append(Document(doc_id, text, _field(obj, "title", path, lineno, required=False)))
+    if not docs:
+        raise InputError("corpus is empty: no documents to index", path)
+    return Corpus(docs)
+
+
+def read_queries(path: str | Path) -> Queries:
+    queries, seen = {}, {}
+    for lineno, obj in iter_jsonl(path):
+        qid = _field(obj, "_id", path, lineno)
+        _check_unique(seen, qid, path, lineno)
+        queries[qid] = _field(obj, "text", path, lineno)
+    return queries
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Read a qrels TSV (`query-id corpus-id score`, header optional)."""
+    qrels: Qrels = {}
+    with open(path, encoding="utf-8", newline=None) as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts or (lineno == 1 and parts[0] == "query-id"):
+                continue
+            if len(parts) != 3:
+                raise InputError(f"expected 3 columns (query-id corpus-id score), got {len(parts)}", path, lineno)
+            qid, did, score = parts
+            try:
+                grade = int(float(score))
+            except ValueError:
+                raise InputError(f"not a number: '{score}'", path, lineno, "score") from None
+            qrels.setdefault(qid, {})[did] = grade
+    return qrels
+
+
+def check_qrels(qrels: Qrels, corpus_ids: set[str], queries: Queries, where: str) -> Qrels:
+    """Drop judgements naming unknown documents or queries, as BEIR's evaluation does, with a warning."""
+    unknown_q = [qid for qid in qrels if qid not in queries]
+    unknown_d = sum(did not in corpus_ids for qid, docs in qrels.items() for did in docs)
+    if unknown_q or unknown_d:
+        log.warning(
+            "%s: skipped %d judgement(s) naming unknown documents and %d unknown quer%s",
+            where, unknown_d, len(unknown_q), "y" if len(unknown_q) == 1 else "ies",
+        )  # fmt: skip
+    kept = {}
+    for qid, docs in qrels.items():
+        judged = {d: g for d, g in docs.items() if d in corpus_ids}
+        if qid in queries and judged:
+            kept[qid] = judged
+    return kept
+
+
+def load_beir(folder: str | Path, name: str | None = None) -> Dataset:
+    """Load a BEIR folder: corpus, queries and every `qrels/*.tsv` split."""
+    folder = Path(folder)
+    corpus = read_corpus(folder / "corpus.jsonl")
+    queries = read_queries(folder / "queries.jsonl")
+    ids = set(corpus.ids)
+    qrels = {
+        p.stem: check_qrels(read_qrels(p), ids, queries, str(p)) for p in sorted((folder / "qrels").glob("*.tsv"))
+    }
+    return Dataset(name or folder.name, corpus, queries, qrels)
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_beir(folder: str | Path, dataset: Dataset) -> None:
+    """Write a Dataset as a BEIR folder (used for subsets and synthetic data)."""
+    folder = Path(folder)
+    write_jsonl(folder / "corpus.jsonl", ({"_id": d.id, "title": d.title, "text": d.text} for d in dataset.corpus.docs))
+    write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": t} for q, t in dataset.queries.items()))
+    for split, qrels in dataset.qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items()]
+        with atomic_path(folder / "qrels" / f"{split}.tsv") as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,42 @@
+"""Fusion of runs: pure functions over Run dicts."""
+
+from __future__ import annotations
+
+from irlm.types import Run
+
+
+def rrf(runs: list[Run], k: int = 60, depth: int = 1000) -> Run:
+    """Reciprocal rank fusion: sum over runs of 1 / (k + rank). k=60 follows Cormack et al. (2009)."""
+    fused: Run = {}
+    for run in runs:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda x: -x[1])[:depth]
+            out = fused.setdefault(qid, {})
+            for rank, (doc, _) in enumerate(ranked, start=1):
+                out[doc] = out.get(doc, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def _minmax(docs: dict[str, float]) -> dict[str, float]:
+    if not docs:
+        return {}
+    lo, hi = min(docs.values()), max(docs.values())
+    span = hi - lo or 1.0
+    return {d: (s - lo) / span for d, s in docs.items()}
+
+
+def weighted(runs: list[Run], weights: list[float]) -> Run:
+    """Weighted sum of per-query min-max normalised scores; a missing document counts as 0."""
+    if len(runs) != len(weights):
+        raise ValueError(f"{len(runs)} runs but {len(weights)} weights")
+    fused: Run = {}
+    for run, w in zip(runs, weights):
+        for qid, docs in run.items():
+            out = fused.setdefault(qid, {})
+            for doc, s in _minmax(docs).items():
+                out[doc] = out.get(doc, 0.0) + w * s
+    return fused
+
+
+def top_k(run: Run, k: int) -> Run:
+    return {q: dict(sorted(d.items(), key=lambda x: -x[1])[:k]) for q, d in run.items()}

@@ -1,0 +1,118 @@
+"""Retrievers: every kind turns queries into a Run, and saves to / loads from one folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from irlm.errors import InputError
+from irlm.index import fusion
+from irlm.index.bm25 import BM25Index
+from irlm.index.dense import DenseIndex
+from irlm.types import Corpus, Queries, Run
+from irlm.utils import atomic_path
+
+
+class BM25Retriever:
+    kind = "bm25"
+
+    def __init__(self, index: BM25Index):
+        self.index = index
+
+    @classmethod
+    def build(cls, corpus: Corpus, **params) -> BM25Retriever:
+        index = BM25Index(**params)
+        index.add(corpus.ids, corpus.texts())
+        return cls(index.build())
+
+    def search(self, queries: Queries, k: int = 100) -> Run:
+        return self.index.search(queries, k)
+
+    def save(self, folder) -> None:
+        self.index.save(folder)
+
+    @classmethod
+    def load(cls, folder, **_) -> BM25Retriever:
+        return cls(BM25Index.load(folder))
+
+
+class DenseRetriever:
+    """An LLMEncoder and the DenseIndex of its corpus embeddings; the index remembers the encoder."""
+
+    kind = "dense"
+
+    def __init__(self, encoder, index: DenseIndex):
+        self.encoder, self.index = encoder, index
+
+    @classmethod
+    def build(cls, corpus: Corpus, encoder, backend: str = "exact", batch_size: int | None = None):
+        vectors = encoder.encode_corpus(corpus.texts(), batch_size=batch_size)
+        index = DenseIndex(encoder.dim, backend, meta={"encoder": asdict(encoder.config)})
+        index.add(corpus.ids, vectors)
+        return cls(encoder, index)
+
+    def search(self, queries: Queries, k: int = 100) -> Run:
+        qids = list(queries)
+        vectors = self.encoder.encode_queries([queries[q] for q in qids], progress=len(qids) > 64)
+        return self.index.search_run(qids, vectors, k)
+
+    def save(self, folder) -> None:
+        self.index.save(folder)
+
+    @classmethod
+    def load(cls, folder, device: str | None = None, encoder=None) -> DenseRetriever:
+        from irlm.models.encoder import LLMEncoder
+
+        index = DenseIndex.load(folder)
+        if encoder is None:
+            cfg = dict(index.meta.get("encoder") or {})
+            if not cfg:
+                raise InputError("dense index has no encoder config; pass an encoder", str(folder))
+            encoder = LLMEncoder.from_pretrained(cfg.pop("model"), device=device, **cfg)
+        return cls(encoder, index)
+
+
+class HybridRetriever:
+    """Fusion of two or more retrievers' runs, by RRF or a weighted sum of normalised scores."""
+
+    kind = "hybrid"
+
+    def __init__(self, parts: list, method: str = "rrf", weights: list[float] | None = None, depth: int = 1000):
+        if method not in ("rrf", "weighted"):
+            raise InputError(f"unknown fusion '{method}'; choose rrf or weighted")
+        self.parts, self.method, self.depth = parts, method, depth
+        self.weights = weights or [1.0 / len(parts)] * len(parts)
+
+    def search(self, queries: Queries, k: int = 100) -> Run:
+        runs = [p.search(queries, max(k, self.depth)) for p in self.parts]
+        fused = fusion.rrf(runs) if self.method == "rrf" else fusion.weighted(runs, self.weights)
+        return fusion.top_k(fused, k)
+
+    def save(self, folder) -> None:
+        with atomic_path(folder) as tmp:
+            for n, part in enumerate(self.parts):
+                part.save(tmp / f"part{n}")
+            meta = {"kind": "hybrid", "method": self.method, "weights": self.weights, "depth": self.depth,
+                    "parts": len(self.parts)}  # fmt: skip
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder, device: str | None = None, **_) -> HybridRetriever:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        parts = [load_retriever(Path(folder) / f"part{n}", device) for n in range(meta["parts"])]
+        return cls(parts, meta["method"], meta["weights"], meta["depth"])
+
+
+KINDS = {"bm25": BM25Retriever, "dense": DenseRetriever, "hybrid": HybridRetriever}
+
+
+def load_retriever(folder, device: str | None = None):
+    """Open any saved retriever folder by the `kind` in its meta.json."""
+    meta_path = Path(folder) / "meta.json"
+    if not meta_path.is_file():
+        raise InputError("not an irlm index folder (no meta.json)", str(folder))
+    kind = json.loads(meta_path.read_text()).get("kind")
+    if kind not in KINDS:
+        raise InputError(f"unknown index kind '{kind}'", str(meta_path), field="kind")
+    return KINDS[kind].load(folder, device=device)

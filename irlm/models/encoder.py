@@ -1,0 +1,167 @@
+"""LLMEncoder: a transformers backbone + pooling + normalisation, with save/load.
+
+Example:
+    >>> enc = LLMEncoder.from_pretrained("minilm-l6")  # doctest: +SKIP
+    >>> enc.encode_queries(["what is bm25?"]).shape  # doctest: +SKIP
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from irlm.errors import InputError
+from irlm.models import pooling
+from irlm.models.resolve import encoder_defaults, resolve_model
+from irlm.utils import atomic_path, bf16_is_faster, pick_device
+
+CONFIG_FILE = "irlm_encoder.json"
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",
+                 "modernbert", "nomic_bert", "xlm_roberta"}  # fmt: skip
+
+
+@dataclass
+class EncoderConfig:
+    model: str  # bundled short name, hub id or folder
+    pooling: str = "last"  # last|eos|mean|cls|token; last-token suits decoders (METHODS.md §0)
+    pool_token: str | None = None  # with pooling=token: the special token whose state is the embedding
+    query_prefix: str = ""  # instruction prepended to queries
+    passage_prefix: str = ""
+    max_length: int = 512  # tokens, including the appended EOS / pool token
+    normalize: bool = True  # L2: cosine similarity becomes a dot product
+    append_eos: bool = True  # decoders need an explicit end token to summarise into
+    padding_side: str = "right"
+    dtype: str = "auto"  # auto|bf16|fp32; auto = bf16 where it is faster than fp32 on this device
+    batch_size: int = 32
+    trust_remote_code: bool = False  # off unless asked: remote code runs with your rights
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _infer_defaults(path: str, trust_remote_code: bool) -> dict:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if cfg.model_type in ENCODER_TYPES:
+        return {"pooling": "mean", "append_eos": False, "max_length": 512}
+    return {}
+
+
+def _load_config(name: str, overrides: dict) -> tuple[EncoderConfig, str]:
+    saved = Path(name) / CONFIG_FILE
+    if saved.is_file():
+        cfg = EncoderConfig.from_dict({**json.loads(saved.read_text()), **overrides, "model": name})
+        return cfg, name
+    path = resolve_model(name)
+    trust = overrides.get("trust_remote_code", False)
+    try:
+        inferred = encoder_defaults(name) or _infer_defaults(path, trust)
+    except OSError as e:
+        raise InputError(f"model '{name}' resolves to nothing: {str(e).splitlines()[0]}") from None
+    return EncoderConfig.from_dict({**inferred, **overrides, "model": name}), path
+
+
+class LLMEncoder:
+    """Backbone + pooling; `embed` keeps gradients for training, `encode_*` are batched inference."""
+
+    def __init__(self, model, tokenizer, config: EncoderConfig, device: str = "cpu"):
+        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        self._suffix = self._suffix_ids()
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | None = None, **overrides) -> LLMEncoder:
+        from transformers import AutoModel, AutoTokenizer
+
+        cfg, path = _load_config(name, {k: v for k, v in overrides.items() if v is not None})
+        device = pick_device(device)
+        dtype = _dtype(cfg.dtype, device)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise InputError(f"model '{name}' resolves to nothing: {str(e).splitlines()[0]}") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = cfg.padding_side
+        if cfg.pooling == "token" and cfg.pool_token not in tok.get_vocab():
+            tok.add_special_tokens({"additional_special_tokens": [cfg.pool_token]})
+            model.resize_token_embeddings(len(tok))
+        return cls(model.to(device).eval(), tok, cfg, device)
+
+    def _suffix_ids(self) -> list[int]:
+        cfg, tok = self.config, self.tokenizer
+        if cfg.pooling == "token":
+            if not cfg.pool_token:
+                raise InputError("pooling 'token' needs pool_token (e.g. '<emb>')")
+            return [tok.convert_tokens_to_ids(cfg.pool_token)]
+        return [tok.eos_token_id] if cfg.append_eos and tok.eos_token_id is not None else []
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated so that the suffix (EOS / pool token) always fits."""
+        room = self.config.max_length - len(self._suffix)
+        ids = self.tokenizer(texts, truncation=True, max_length=room, add_special_tokens=True)["input_ids"]
+        return [row + self._suffix for row in ids]
+
+    def collate(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled (and normalised) embeddings with gradients. (B, T) -> (B, C) in fp32."""
+        kw = {}
+        if self._takes_positions:  # positions from the mask, so left padding does not shift them
+            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        token_id = self._suffix[0] if self.config.pooling == "token" else None
+        emb = pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int | None = None, progress: bool = True, desc="encode"):
+        """Embed texts in length-sorted batches (less padding); returns float32 (N, C) in input order."""
+        ids = self.tokenize(list(texts))
+        order = np.argsort([-len(r) for r in ids], kind="stable")
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        bs = batch_size or self.config.batch_size
+        with tqdm(total=len(ids), desc=desc, unit="text", disable=not progress) as bar:
+            for start in range(0, len(ids), bs):
+                idx = order[start : start + bs]
+                batch = self.collate([ids[i] for i in idx])
+                out[idx] = self.embed(batch["input_ids"], batch["attention_mask"]).cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    def encode_queries(self, queries: list[str], **kw) -> np.ndarray:
+        return self.encode([self.config.query_prefix + q for q in queries], desc="encode queries", **kw)
+
+    def encode_corpus(self, docs: list[str], **kw) -> np.ndarray:
+        return self.encode([self.config.passage_prefix + d for d in docs], desc="encode corpus", **kw)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def save(self, folder: str | Path) -> None:
+        """Write weights (safetensors), tokenizer and the encoder config into one folder."""
+        with atomic_path(folder) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_faster(device) else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]

@@ -1,0 +1,62 @@
+"""The few shapes every part of irlm speaks in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+Run = dict[str, dict[str, float]]  # qid -> {docid: score}
+Qrels = dict[str, dict[str, int]]  # qid -> {docid: graded relevance}
+Queries = dict[str, str]  # qid -> text
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    title: str = ""
+
+    def full_text(self, sep: str = " ") -> str:
+        """Title and body as one string, the BEIR convention for indexing."""
+        return f"{self.title}{sep}{self.text}" if self.title else self.text
+
+
+@dataclass
+class Corpus:
+    """Documents in file order; `ids` and `texts()` line up position by position."""
+
+    docs: list[Document] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [d.id for d in self.docs]
+
+    def texts(self, sep: str = " ") -> list[str]:
+        return [d.full_text(sep) for d in self.docs]
+
+
+@dataclass
+class Dataset:
+    name: str
+    corpus: Corpus
+    queries: Queries
+    qrels: dict[str, Qrels]  # split -> qrels
+
+    def split_queries(self, split: str) -> Queries:
+        """The queries judged in `split`, in file order."""
+        judged = self.qrels[split]
+        return {qid: text for qid, text in self.queries.items() if qid in judged}
+
+
+class Encoder(Protocol):
+    def encode_queries(self, queries: list[str], **kw) -> np.ndarray: ...
+    def encode_corpus(self, docs: list[str], **kw) -> np.ndarray: ...
+
+
+class Retriever(Protocol):
+    def search(self, queries: Queries, k: int = 100) -> Run: ...
