@@ -1,0 +1,73 @@
+"""Corpus-encoding throughput: irlm's LLMEncoder against sentence-transformers.
+
+Same model folder, same texts, same max length, same batch size, one process. Prints one JSON
+line; `ratio_*` > 1 means irlm is faster.
+
+    python bench/encode.py --model minilm-l6 --docs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+
+def timed(fn, texts):
+    fn(texts[:32])  # warm-up: first batches pay for kernel selection and allocation
+    start = time.perf_counter()
+    fn(texts)
+    return time.perf_counter() - start
+
+
+def st_model(path: str, pooling: str, max_length: int, dtype):
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(path, max_seq_length=max_length, model_args={"dtype": dtype})
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="lasttoken" if pooling == "last" else pooling)
+    return SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--data", default="scifact")
+    ap.add_argument("--docs", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=None)
+    args = ap.parse_args()
+
+    from irlm.data import load_dataset
+    from irlm.models import LLMEncoder
+    from irlm.models.resolve import resolve_model
+
+    texts = load_dataset(args.data).corpus.texts()[: args.docs]
+    result = {"bench": "encode", "model": args.model, "data": args.data, "docs": len(texts),
+              "batch_size": args.batch_size, "threads": torch.get_num_threads()}  # fmt: skip
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        enc = LLMEncoder.from_pretrained(args.model, device="cpu", dtype=dtype_name, max_length=args.max_length)
+        tokens = sum(len(r) for r in enc.tokenize(texts))
+        secs = timed(lambda t: enc.encode_corpus(t, batch_size=args.batch_size, progress=False), texts)
+        st = st_model(resolve_model(args.model), enc.config.pooling, enc.config.max_length, dtype)
+        st_secs = timed(lambda t: st.encode(t, batch_size=args.batch_size, show_progress_bar=False), texts)
+        result.update({
+            "max_length": enc.config.max_length, "tokens": tokens,
+            f"irlm_{dtype_name}_docs_per_s": round(len(texts) / secs, 2),
+            f"irlm_{dtype_name}_tokens_per_s": round(tokens / secs, 1),
+            f"st_{dtype_name}_docs_per_s": round(len(texts) / st_secs, 2),
+            f"st_{dtype_name}_tokens_per_s": round(tokens / st_secs, 1),
+            f"ratio_{dtype_name}": round(st_secs / secs, 3),
+        })  # fmt: skip
+    # irlm's default (dtype=auto) against sentence-transformers' default (fp32)
+    auto = "bf16" if LLMEncoder.from_pretrained(args.model, device="cpu").model.dtype == torch.bfloat16 else "fp32"
+    result["ratio_defaults"] = round(result[f"irlm_{auto}_docs_per_s"] / result["st_fp32_docs_per_s"], 3)
+    result["irlm_default_dtype"] = auto
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,245 @@
+"""The `irlm` command: each subcommand only wires arguments to library calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from irlm.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decoder-only LLMs as retrieval systems.")
+data_app = typer.Typer(no_args_is_help=True, help="Named datasets.")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True)
+
+DataOpt = typer.Option(..., "--data", help="Dataset name (see `irlm data list`) or BEIR folder.")
+ModelOpt = typer.Option("minilm-l6", "--model", help="Bundled name (minilm-l6, smollm2-135m), hub id or folder.")
+DeviceOpt = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ...; default: CUDA when present.")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)])  # fmt: skip
+    for noisy in ("httpx", "urllib3", "numba", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _encoder_options(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Registered datasets and where each resolves."""
+    from irlm.data.registry import DATASETS, resolve_dataset
+
+    table = Table("name", "splits", "source", "found at")
+    for info in DATASETS.values():
+        try:
+            where = str(resolve_dataset(info.name, download=False))
+        except InputError:
+            where = "-"
+        table.add_row(info.name, ",".join(info.splits), "download" if info.url else "local only", where)
+    Console(width=200).print(table)
+
+
+@data_app.command("show")
+def data_show(name: str) -> None:
+    """Sizes, splits, URL and checksum of one dataset."""
+    from irlm.data.registry import DATASETS, load_dataset
+
+    info = DATASETS.get(name)
+    ds = load_dataset(name)
+    out = {"name": ds.name, "docs": len(ds.corpus), "queries": len(ds.queries),
+           "splits": {s: {"queries": len(q), "judgements": sum(map(len, q.values()))} for s, q in ds.qrels.items()},
+           "url": info.url if info else None, "md5": info.md5 if info else None,
+           "description": info.description if info else ""}  # fmt: skip
+    print(json.dumps(out, indent=2))
+
+
+@app.command()
+def encode(
+    data: str = DataOpt,
+    out: Path = typer.Option(..., "--out", help="Folder for the embeddings (an exact dense index)."),
+    model: str = ModelOpt,
+    backend: str = typer.Option("exact", help="exact, flat or hnsw."),
+    batch_size: Optional[int] = typer.Option(None, help="Texts per forward pass."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text."),
+    pooling: Optional[str] = typer.Option(None, help="last, mean, cls or token."),
+    query_prefix: Optional[str] = typer.Option(None, help="Instruction before each query."),
+    passage_prefix: Optional[str] = typer.Option(None, help="Text before each passage."),
+    dtype: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Embed a corpus and save it as a dense index folder."""
+    from irlm.data import load_dataset
+    from irlm.index import DenseRetriever
+    from irlm.models import LLMEncoder
+
+    opts = _encoder_options(max_length=max_length, pooling=pooling, query_prefix=query_prefix,
+                            passage_prefix=passage_prefix, dtype=dtype)  # fmt: skip
+    encoder = LLMEncoder.from_pretrained(model, device=device, **opts)
+    DenseRetriever.build(load_dataset(data).corpus, encoder, backend, batch_size).save(out)
+    err.print(f"saved dense index to {out}")
+
+
+@app.command()
+def index(
+    out: Path = typer.Option(..., "--out", help="Index folder to write."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
+    retriever: str = typer.Option("bm25", help="bm25 or dense."),
+    model: str = ModelOpt,
+    backend: str = typer.Option("exact", help="Dense backend: exact, flat or hnsw."),
+    embeddings: Optional[Path] = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Build a BM25 or dense index; or convert saved embeddings to a FAISS backend."""
+    if embeddings:
+        from irlm.index import DenseIndex
+
+        src = DenseIndex.load(embeddings)
+        dst = DenseIndex(src.dim, backend, meta=src.meta)
+        dst.add(src.ids, src.vectors)
+        dst.save(out)
+    else:
+        if not data:
+            raise InputError("give --data to index a dataset, or --embeddings to re-index saved vectors")
+        _build(retriever, data, model, device, backend).save(out)
+    err.print(f"saved {retriever if not embeddings else backend} index to {out}")
+
+
+def _build(kind: str, data: str, model: str, device: str | None, backend: str = "exact", **kw):
+    from irlm.data import load_dataset
+    from irlm.index import BM25Retriever, DenseRetriever
+    from irlm.models import LLMEncoder
+
+    corpus = load_dataset(data).corpus
+    if kind == "bm25":
+        return BM25Retriever.build(corpus)
+    if kind == "dense":
+        return DenseRetriever.build(corpus, LLMEncoder.from_pretrained(model, device=device, **kw), backend)
+    raise InputError(f"unknown retriever '{kind}'; choose bm25, dense or hybrid")
+
+
+@app.command()
+def search(
+    index: Path = typer.Option(..., "--index", help="Index folder from `irlm index` or `irlm encode`."),
+    query: Optional[str] = typer.Option(None, "--query", "-q", help="One query; prints the top k."),
+    data: Optional[str] = typer.Option(None, "--data", help="Search all queries of this dataset's split."),
+    split: str = typer.Option("test", help="Split whose judged queries are searched."),
+    k: int = typer.Option(10, help="Results per query."),
+    out: Optional[Path] = typer.Option(None, "--out", help="TREC run file to write."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Search an index with one query or a dataset's queries."""
+    from irlm.index import load_retriever
+
+    retriever = load_retriever(index, device)
+    if query is not None:
+        for rank, (doc, score) in enumerate(retriever.search({"q": query}, k)["q"].items(), start=1):
+            print(f"{rank}\t{doc}\t{score:.4f}")
+        return
+    if not data or not out:
+        raise InputError("give --query, or --data and --out to write a run file")
+    from irlm.data import load_dataset
+    from irlm.eval import write_trec
+
+    write_trec(retriever.search(load_dataset(data).split_queries(split), k), out)
+    err.print(f"wrote {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    data: str = DataOpt,
+    split: str = typer.Option("test", help="Qrels split."),
+    retriever: str = typer.Option("bm25", help="bm25, dense or hybrid (bm25 + dense)."),
+    model: str = ModelOpt,
+    index: Optional[Path] = typer.Option(None, "--index", help="Evaluate a saved index instead."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Evaluate an existing TREC run file instead."),
+    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
+    weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run."),
+    k: int = typer.Option(1000, help="Retrieval depth."),
+    out_run: Optional[Path] = typer.Option(None, "--out-run", help="Also write the run as a TREC file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
+    dtype: Optional[str] = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Retrieve for a split's queries and score the run (nDCG@10, Recall@100, MRR@10, MAP, Hits@k)."""
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate, read_trec, write_trec
+
+    ds = load_dataset(data)
+    if split not in ds.qrels:
+        raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
+    if run:
+        result = read_trec(run)
+    else:
+        system = _system(retriever, data, model, device, index, fusion, weight, _encoder_options(dtype=dtype))
+        result = system.search(ds.split_queries(split), k)
+    if out_run:
+        write_trec(result, out_run)
+    metrics = evaluate(result, ds.qrels[split])
+    label = str(run or index or (model if retriever == "dense" else retriever))
+    _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)
+
+
+def _system(kind, data, model, device, index, fusion, weight, enc_opts):
+    from irlm.index import HybridRetriever, load_retriever
+
+    if index:
+        return load_retriever(index, device)
+    if kind == "hybrid":
+        parts = [_build("bm25", data, model, device), _build("dense", data, model, device, **enc_opts)]
+        return HybridRetriever(parts, fusion, [1 - weight, weight])
+    return _build(kind, data, model, device, **enc_opts)
+
+
+def _report(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row))
+        return
+    table = Table(*row.keys())
+    table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+
+
+@app.command()
+def fuse(
+    runs: list[Path] = typer.Argument(..., help="TREC run files."),
+    out: Path = typer.Option(..., "--out", help="Fused TREC run file."),
+    method: str = typer.Option("rrf", help="rrf or weighted."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated weights for weighted fusion."),
+) -> None:
+    """Fuse TREC runs by reciprocal rank or weighted normalised scores."""
+    from irlm.eval import read_trec, write_trec
+    from irlm.index import rrf, weighted
+
+    loaded = [read_trec(r) for r in runs]
+    if method == "rrf":
+        fused = rrf(loaded)
+    else:
+        w = [float(x) for x in weights.split(",")] if weights else [1 / len(loaded)] * len(loaded)
+        fused = weighted(loaded, w)
+    write_trec(fused, out, tag=f"fused-{method}")
+
+
+def run() -> None:
+    """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except InputError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)

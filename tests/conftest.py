@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny random models built once per session, and toy BEIR folders.
+
+Like sentence-transformers' tests/conftest.py, the models are random but real: a 2-layer
+Llama (decoder, last-token pooling) and a 2-layer BERT (encoder, mean pooling), each
+saved with save_pretrained so `LLMEncoder.from_pretrained(folder)` loads them like any
+user model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# before transformers is imported anywhere: tests never touch the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the real data lives beside the repository (../shared/data), never inside it
+os.environ.setdefault("IRLM_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+import pytest  # noqa: E402
+
+DATA = Path(os.environ["IRLM_DATA"])
+
+
+def write_jsonl(path: Path, rows: list[dict], newline: str = "\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        for row in rows:
+            f.write(json.dumps(row) + newline)
+    return path
+
+
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[tuple]],
+               newline: str = "\n") -> Path:  # fmt: skip
+    """A BEIR folder from plain rows; qrels maps split -> [(qid, docid, score), ...]."""
+    write_jsonl(folder / "corpus.jsonl", corpus, newline)
+    write_jsonl(folder / "queries.jsonl", queries, newline)
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (folder / "qrels").mkdir(parents=True, exist_ok=True)
+        with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf-8", newline="") as f:
+            f.write(newline.join(lines) + newline)
+    return folder
+
+
+TOY_CORPUS = [
+    {"_id": "d1", "title": "Cats", "text": "the cat sat on the warm mat all afternoon"},
+    {"_id": "d2", "title": "Dogs", "text": "dogs bark loudly at the postman every morning"},
+    {"_id": "d3", "title": "", "text": "quantum computers use qubits and superposition"},
+    {"_id": "d4", "title": "Bread", "text": "sourdough bread needs flour water salt and a starter"},
+    {"_id": "d5", "title": "Rivers", "text": "the nile river flows north through egypt into the sea"},
+]
+TOY_QUERIES = [
+    {"_id": "q1", "text": "why do dogs bark"},
+    {"_id": "q2", "text": "how does a quantum computer work"},
+    {"_id": "q3", "text": "baking sourdough bread"},
+]
+TOY_QRELS = {"test": [("q1", "d2", 1), ("q2", "d3", 1), ("q3", "d4", 2)]}
+
+
+@pytest.fixture
+def toy_beir(tmp_path) -> Path:
+    return write_beir(tmp_path / "toy", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer (vocab 49152), saved as a transformers folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from irlm.models.resolve import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaModel(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT with all-MiniLM-L6-v2's tokenizer, saved as a transformers folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from irlm.models.resolve import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BertModel(config)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_encoder(llama_dir):
+    from irlm.models.encoder import LLMEncoder
+
+    return LLMEncoder.from_pretrained(str(llama_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def bert_encoder(bert_dir):
+    from irlm.models.encoder import LLMEncoder
+
+    return LLMEncoder.from_pretrained(str(bert_dir), device="cpu", dtype="fp32")
