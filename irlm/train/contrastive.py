@@ -1,0 +1,49 @@
+"""The contrastive task: an LLMEncoder trained with InfoNCE on (query, positive, negatives)."""
+
+from __future__ import annotations
+
+import random
+
+from irlm.data.training import TrainExample
+from irlm.losses.contrastive import ContrastiveLoss
+
+
+def make_batch(encoder, examples: list[TrainExample], n_negatives: int) -> dict:
+    """Tokenised queries and docs laid out as [pos, neg_1..neg_H] per query (see losses.contrastive)."""
+    docs = []
+    for ex in examples:
+        docs.append(random.choice(ex.positives))
+        pool = ex.negatives or [d for other in examples if other is not ex for d in other.positives]
+        docs.extend(random.sample(pool, n_negatives) if len(pool) >= n_negatives else
+                    [pool[i % len(pool)] for i in range(n_negatives)])  # fmt: skip
+    cfg = encoder.config
+    return {
+        "query": encoder.collate(encoder.tokenize([cfg.query_prefix + ex.query for ex in examples])),
+        "docs": encoder.collate(encoder.tokenize([cfg.passage_prefix + d for d in docs])),
+        "group": 1 + n_negatives,
+    }
+
+
+class ContrastiveTask:
+    """Task for irlm.train.loop.Trainer. `cache_chunk` > 0 switches on gradient caching."""
+
+    def __init__(self, encoder, temperature: float = 0.05, n_negatives: int = 1, cache_chunk: int = 0):
+        self.encoder, self.n_negatives = encoder, n_negatives
+        self.loss = ContrastiveLoss(encoder, temperature, cache_chunk)
+
+    def parameters(self):
+        return self.encoder.model.parameters()
+
+    def named_parameters(self):
+        return self.encoder.model.named_parameters()
+
+    def step(self, examples: list[TrainExample], scale: float = 1.0) -> dict[str, float]:
+        batch = make_batch(self.encoder, examples, self.n_negatives)
+        if self.loss.cache_chunk:
+            return self.loss.backward_cached(batch, scale)
+        parts = self.loss(batch)
+        (sum(parts.values()) * scale).backward()
+        return {k: v.item() for k, v in parts.items()}
+
+    def save(self, folder) -> None:
+        self.encoder.save(folder)

@@ -1,0 +1,253 @@
+"""One training loop for every method: bf16/fp32, accumulation, data parallel, checkpoints, logs.
+
+A *task* owns the model and the loss. Each step the loop hands it a list of examples and it
+runs forward and backward, returning the named loss parts as floats:
+
+    class Task:
+        def parameters(self) -> Iterable[nn.Parameter]: ...
+        def step(self, examples: list, scale: float) -> dict[str, float]: ...
+        def save(self, folder): ...            # final model, written by rank 0
+
+The example stream is a pure function of (seed, step): epoch e is a seeded permutation, and
+step s reads global examples [s*B, (s+1)*B) of the concatenated epochs. So resuming needs only
+the step number, the weights, the optimizer, the scheduler and the RNG states - exactly what a
+checkpoint holds. Across processes, rank r takes every W-th example of the global batch, and
+gradients are averaged with one all-reduce after the step's backward passes (which may be
+several under gradient caching, so DDP's hook-based sync is not used).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from irlm.utils import atomic_path
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    max_steps: int = 100
+    lr: float = 5e-5  # METHODS.md §0: 5e-5 (not 2e-5) got SmolLM2 off the ground on scifact
+    warmup_ratio: float = 0.03  # LREM cold start uses 3 % warm-up
+    weight_decay: float = 0.0
+    batch_size: int = 32  # examples per optimizer step, summed over processes
+    grad_accum: int = 1  # micro-batches per step on each process
+    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) or fp32
+    max_grad_norm: float = 1.0
+    save_every: int = 50  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 42
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_examples(examples: list, step: int, batch_size: int, seed: int) -> list:
+    """The global batch of `step`: a pure function of the seed, so resume needs no data state."""
+    n = len(examples)
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(pos, n)
+        perm = _permutation(n, seed + epoch)
+        out.append(examples[perm[i]])
+    return out
+
+
+_perm_cache: dict[tuple[int, int], list[int]] = {}
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    if (n, seed) not in _perm_cache:
+        g = torch.Generator().manual_seed(seed)
+        _perm_cache[(n, seed)] = torch.randperm(n, generator=g).tolist()
+    return _perm_cache[(n, seed)]
+
+
+def linear_warmup(total: int, warmup_ratio: float):
+    warm = max(1, int(total * warmup_ratio))
+    return lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+
+
+class Trainer:
+    def __init__(self, task, examples: list, config: TrainConfig):
+        self.task, self.examples, self.cfg = task, examples, config
+        self.rank, self.world = world()
+        self.out = Path(config.output_dir)
+        self.params = [p for p in task.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup(config.max_steps,
+                                                                                    config.warmup_ratio))
+        self.step = 0
+
+    # ---- one step -------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        batch = step_examples(self.examples, self.step, cfg.batch_size, cfg.seed)[self.rank :: self.world]
+        micro = math.ceil(len(batch) / cfg.grad_accum)
+        parts: dict[str, float] = {}
+        for start in range(0, len(batch), micro):
+            with self._autocast():
+                got = self.task.step(batch[start : start + micro], scale=1.0 / cfg.grad_accum)
+            for k, v in got.items():
+                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+        self._average_gradients()
+        if cfg.max_grad_norm:
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return parts
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(self.params, flat.split([g.numel() for g in grads])):
+            p.grad = g.view_as(p).clone()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        self.resume()
+        log = self._open_log()
+        bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=self.rank != 0)
+        history, start = [], time.perf_counter()
+        while self.step < self.cfg.max_steps:
+            parts = self.train_step()
+            row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **parts,
+                   "elapsed_s": round(time.perf_counter() - start, 2)}  # fmt: skip
+            history.append(row)
+            if self.rank == 0 and self.step % self.cfg.log_every == 0:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in parts.items()})
+            bar.update(1)
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        log.close()
+        if self.rank == 0:
+            self.task.save(self.out / "final")
+        return history
+
+    def _open_log(self):
+        """Append to log.jsonl, dropping lines past the resumed step so a rerun logs no step twice."""
+        path = self.out / "log.jsonl"
+        if self.rank != 0:
+            return open(os.devnull, "w")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        return open(path, "a")
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            names = {id(p): n for n, p in self.task.named_parameters()}
+            save_file({names[id(p)]: p.detach().contiguous() for p in self.params}, tmp / "trainable.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       tmp / "optimizer.pt")  # fmt: skip
+            (tmp / "rng.json").write_text(json.dumps(_rng_state()))
+            state = {"step": self.step, "config": asdict(self.cfg)}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        for old in sorted((self.out / "checkpoints").glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            _rmtree(old)
+
+    def resume(self) -> None:
+        ckpts = sorted((self.out / "checkpoints").glob("step-*"))
+        if not ckpts:
+            return
+        folder = ckpts[-1]
+        weights = load_file(folder / "trainable.safetensors")
+        named = dict(self.task.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                named[name].copy_(value)
+        state = torch.load(folder / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(json.loads((folder / "rng.json").read_text()))
+        self.step = json.loads((folder / "trainer_state.json").read_text())["step"]
+        if self.rank == 0:
+            tqdm.write(f"resumed from {folder} (step {self.step})", file=sys.stderr)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state().tolist(), "python": _listify(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}  # fmt: skip
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+
+
+def _listify(x):
+    return [_listify(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def install_sigterm_checkpoint(trainer: Trainer) -> None:
+    """Save a checkpoint when asked to stop (SIGTERM from a scheduler), then exit."""
+
+    def handler(signum, frame):
+        trainer.save_checkpoint()
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, handler)
