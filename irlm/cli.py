@@ -232,6 +232,53 @@ def fuse(
     write_trec(fused, out, tag=f"fused-{method}")
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train retrievers (one shared loop, many methods).")
+app.add_typer(train_app, name="train")
+SetOpt = typer.Option(None, "--set", help="Override a config field: --set stage2_steps=10 (repeatable).")
+
+
+@train_app.command("anchor")
+def train_anchor(
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Anchor embeddings: Stage I reconstruction, then Stage II InfoNCE; stage1_steps=0 is the baseline."""
+    from irlm.methods.anchor import AnchorConfig, train
+    from irlm.utils import load_config
+
+    train(load_config(AnchorConfig, config, overrides))
+
+
+@app.command()
+def mine(
+    data: str = DataOpt,
+    out: Path = typer.Option(..., "--out", help="Training examples JSONL to write."),
+    split: str = typer.Option("train", help="Qrels split whose queries become examples."),
+    retriever: str = typer.Option("bm25", help="Who mines negatives: bm25 or dense."),
+    model: str = ModelOpt,
+    negatives: int = typer.Option(8, help="Hard negatives per query."),
+    depth: int = typer.Option(100, help="Ranking depth searched for negatives."),
+    margin: float = typer.Option(0.95, help="Drop candidates scoring >= margin x the positive (false negatives)."),
+    seed: int = typer.Option(0),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Build (query, positives, negatives) examples from qrels, with mined hard negatives."""
+    from irlm.data import load_dataset
+    from irlm.data.mining import mine_examples
+    from irlm.data.training import write_examples
+
+    ds = load_dataset(data)
+    if split not in ds.qrels:
+        raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
+    queries = ds.split_queries(split)
+    run = _build(retriever, data, model, device).search(queries, depth)
+    examples = mine_examples(queries, ds.qrels[split], ds.corpus, run, negatives, margin, seed=seed)
+    for ex in examples:
+        ex.meta.update({"source": ds.name, "miner": retriever if retriever == "bm25" else model})
+    write_examples(out, examples)
+    err.print(f"wrote {len(examples)} examples to {out}")
+
+
 def run() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback."""
     try:

@@ -72,3 +72,31 @@ def bf16_is_faster(device: str) -> bool:
             x @ x
         timings[dtype] = time.perf_counter() - start
     return timings[torch.bfloat16] < 0.8 * timings[torch.float32]
+
+
+def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
+    """A config dataclass from YAML, with `key=value` overrides from the command line winning.
+
+    Unknown keys are an error naming the file, so a typo never silently falls back to a default.
+    """
+    import dataclasses
+
+    import yaml
+
+    from irlm.errors import InputError
+
+    values = {}
+    if path:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise InputError("expected a mapping of settings", str(path))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise InputError(f"override '{item}' is not key=value")
+        values[key.strip()] = yaml.safe_load(raw)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known - {"expected"})  # `expected`: the numbers a recipe should reach
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}", str(path) if path else None)
+    return cls(**{k: v for k, v in values.items() if k in known})

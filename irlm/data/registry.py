@@ -90,7 +90,10 @@ def resolve_dataset(name: str, download: bool = True) -> Path:
         tried.append(str(candidate))
     info = DATASETS.get(name)
     if info and info.url and download:
-        return download_dataset(info)
+        try:
+            return download_dataset(info)
+        except InputError as e:
+            raise InputError(f"{e}; also tried {', '.join(tried)}") from None
     reason = "no public URL" if info else "not a registered name (see `irlm data list`)"
     if info and info.url:
         reason = "download disabled"

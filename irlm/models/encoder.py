@@ -75,21 +75,26 @@ def _load_config(name: str, overrides: dict) -> tuple[EncoderConfig, str]:
 class LLMEncoder:
     """Backbone + pooling; `embed` keeps gradients for training, `encode_*` are batched inference."""
 
-    def __init__(self, model, tokenizer, config: EncoderConfig, device: str = "cpu"):
+    def __init__(self, model, tokenizer, config: EncoderConfig, device: str = "cpu", lm_head=None):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
-        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        self.lm_head = lm_head  # only for objectives that generate text from the backbone (anchor Stage I)
+        params = inspect.signature(model.forward).parameters.values()  # a peft wrapper takes **kwargs
+        self._takes_positions = any(p.name == "position_ids" or p.kind == p.VAR_KEYWORD for p in params)
         self._suffix = self._suffix_ids()
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str | None = None, **overrides) -> LLMEncoder:
-        from transformers import AutoModel, AutoTokenizer
+    def from_pretrained(cls, name: str, device: str | None = None, with_lm_head: bool = False,
+                        **overrides) -> LLMEncoder:  # fmt: skip
+        """Load an encoder; `with_lm_head` also keeps the language-model head (tied weights stay tied)."""
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         cfg, path = _load_config(name, {k: v for k, v in overrides.items() if v is not None})
         device = pick_device(device)
         dtype = _dtype(cfg.dtype, device)
         try:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+            auto = AutoModelForCausalLM if with_lm_head else AutoModel
+            model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
         except OSError as e:
             raise InputError(f"model '{name}' resolves to nothing: {str(e).splitlines()[0]}") from None
         if tok.pad_token is None:
@@ -98,7 +103,10 @@ class LLMEncoder:
         if cfg.pooling == "token" and cfg.pool_token not in tok.get_vocab():
             tok.add_special_tokens({"additional_special_tokens": [cfg.pool_token]})
             model.resize_token_embeddings(len(tok))
-        return cls(model.to(device).eval(), tok, cfg, device)
+        model = model.to(device).eval()
+        if with_lm_head:
+            return cls(model.get_decoder(), tok, cfg, device, lm_head=model.get_output_embeddings())
+        return cls(model, tok, cfg, device)
 
     def _suffix_ids(self) -> list[int]:
         cfg, tok = self.config, self.tokenizer

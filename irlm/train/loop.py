@@ -168,6 +168,8 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         log.close()
+        if not self.cfg.save_every or self.step % self.cfg.save_every:
+            self.save_checkpoint()  # a rerun of a finished stage restores this state and moves on
         if self.rank == 0:
             self.task.save(self.out / "final")
         return history

@@ -1,0 +1,112 @@
+"""Anchor embeddings: Stage I bidirectional reconstruction, then Stage II InfoNCE (METHODS.md §1).
+
+    irlm train anchor --config recipes/anchor-scifact-tiny.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from irlm.data import load_dataset
+from irlm.data.mining import mine_examples
+from irlm.data.training import TrainExample, read_examples
+from irlm.eval import evaluate
+from irlm.index import BM25Retriever, DenseRetriever
+from irlm.losses.reconstruction import bidirectional_loss, reconstruction_loss
+from irlm.methods.anchor.config import AnchorConfig
+from irlm.models import LLMEncoder
+from irlm.train.contrastive import ContrastiveTask
+from irlm.train.lora import add_lora, merge_lora
+from irlm.train.loop import Trainer, TrainConfig, init_distributed, seed_everything, world
+from irlm.utils import write_json
+
+
+class ReconstructionTask:
+    """EBQ2D + EBD2Q: each side's embedding is the only context for generating the other side."""
+
+    def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int):
+        self.encoder, self.alpha, self.target_max_length = encoder, alpha, target_max_length
+
+    def parameters(self):
+        return self.encoder.model.parameters()
+
+    def named_parameters(self):
+        return self.encoder.model.named_parameters()
+
+    def _targets(self, texts: list[str]):
+        tok = self.encoder.tokenizer
+        ids = tok(texts, truncation=True, max_length=self.target_max_length)["input_ids"]
+        batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt", padding_side="right")
+        return batch["input_ids"].to(self.encoder.device), batch["attention_mask"].to(self.encoder.device)
+
+    def _embed(self, texts: list[str]):
+        return self.encoder.embed(**self.encoder.collate(self.encoder.tokenize(texts)))
+
+    def step(self, examples: list[TrainExample], scale: float = 1.0) -> dict[str, float]:
+        cfg, enc = self.encoder.config, self.encoder
+        queries = [ex.query for ex in examples]
+        docs = [ex.positives[0] for ex in examples]
+        e_q = self._embed([cfg.query_prefix + q for q in queries])  # (B, C)
+        e_d = self._embed([cfg.passage_prefix + d for d in docs])
+        q2d = reconstruction_loss(enc.model, enc.lm_head, e_q, *self._targets(docs))
+        d2q = reconstruction_loss(enc.model, enc.lm_head, e_d, *self._targets(queries))
+        loss = bidirectional_loss(q2d, d2q, self.alpha)
+        (loss * scale).backward()
+        return {"q2d": q2d.item(), "d2q": d2q.item(), "stage1": loss.item()}
+
+    def save(self, folder) -> None:
+        self.encoder.save(folder)
+
+
+def training_examples(cfg: AnchorConfig) -> list[TrainExample]:
+    """Examples from a JSONL file, or from the dataset's qrels with BM25-mined hard negatives."""
+    if cfg.train_file:
+        return read_examples(cfg.train_file)
+    ds = load_dataset(cfg.data)
+    queries = ds.split_queries(cfg.train_split)
+    run = BM25Retriever.build(ds.corpus).search(queries, k=100)
+    return mine_examples(queries, ds.qrels[cfg.train_split], ds.corpus, run, cfg.n_negatives, seed=cfg.seed)
+
+
+def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:
+    tc = TrainConfig(output_dir=str(Path(cfg.output_dir) / name), max_steps=steps, lr=lr, batch_size=cfg.batch_size,
+                     grad_accum=cfg.grad_accum, precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)
+    return Trainer(task, examples, tc).fit()
+
+
+def evaluate_encoder(encoder: LLMEncoder, names: list[str]) -> dict[str, dict]:
+    out = {}
+    for name in names:
+        ds = load_dataset(name)
+        run = DenseRetriever.build(ds.corpus, encoder).search(ds.split_queries("test"), k=1000)
+        out[name] = evaluate(run, ds.qrels["test"])
+    return out
+
+
+def train(cfg: AnchorConfig) -> dict:
+    """Run Stage I (if stage1_steps > 0) then Stage II, evaluate, and write results.json."""
+    init_distributed()
+    seed_everything(cfg.seed)
+    examples = training_examples(cfg)
+    encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, with_lm_head=cfg.stage1_steps > 0,
+                                         pooling=cfg.pooling, max_length=cfg.max_length, dtype="fp32")
+    if cfg.lora_r:
+        add_lora(encoder, cfg.lora_r)
+    history = {}
+    if cfg.stage1_steps:
+        task = ReconstructionTask(encoder, cfg.alpha, cfg.target_max_length)
+        history["stage1"] = _stage(cfg, "stage1", task, examples, cfg.stage1_steps, cfg.stage1_lr)
+    task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
+    history["stage2"] = _stage(cfg, "stage2", task, examples, cfg.stage2_steps, cfg.lr)
+    merge_lora(encoder)
+    if world()[0] != 0:
+        return {}
+    encoder.model.eval()
+    results = {"config": asdict(cfg), "examples": len(examples), "metrics": evaluate_encoder(encoder, cfg.eval_data),
+               "final_loss": {k: v[-1] for k, v in history.items() if v}}  # fmt: skip
+    write_json(Path(cfg.output_dir) / "results.json", results)
+    print(json.dumps({"method": "anchor", "output_dir": cfg.output_dir,
+                      **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
+    return results
