@@ -3,7 +3,8 @@
 Like sentence-transformers' tests/conftest.py, the models are random but real: a 2-layer
 Llama (decoder, last-token pooling) and a 2-layer BERT (encoder, mean pooling), each
 saved with save_pretrained so `LLMEncoder.from_pretrained(folder)` loads them like any
-user model.
+user model. initializer_range=0.2 (10x the default) gives attention sharp enough that a
+wrong mask or wrong positions visibly change the embeddings.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def llama_dir(tmp_path_factory) -> Path:
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.2,
     )  # fmt: skip
     torch.manual_seed(0)
     model = LlamaModel(config)
@@ -97,7 +98,7 @@ def bert_dir(tmp_path_factory) -> Path:
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
     config = BertConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128,
+        max_position_embeddings=128, initializer_range=0.2,
     )  # fmt: skip
     torch.manual_seed(0)
     model = BertModel(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -133,7 +134,9 @@ def _extract(archive: Path, name: str, dest: Path) -> None:
 def download_dataset(info: DatasetInfo) -> Path:
     """Download, verify and unpack a public archive into the cache; returns the folder."""
     dest = cache_dir() / "datasets" / info.name
-    with atomic_path(dest.with_suffix(".zip")) as tmp_zip:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as scratch:  # the zip is gone once unpacked
+        tmp_zip = Path(scratch) / f"{info.name}.zip"
         try:
             _fetch(info.url, tmp_zip)
         except OSError as e:

@@ -143,15 +143,15 @@ class DenseIndex:
 
                 np.save(tmp / "faiss.npy", faiss.serialize_index(self._faiss_index()), allow_pickle=False)
             meta = {"kind": "dense", "dim": self.dim, "backend": self.backend, "hnsw_m": self.hnsw_m,
-                    "ef_search": self.ef_search, "count": len(self.ids), **self.meta}  # fmt: skip
+                    "ef_search": self.ef_search, "chunk": self.chunk, "count": len(self.ids), **self.meta}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path) -> DenseIndex:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
-        own = {"kind", "dim", "backend", "hnsw_m", "ef_search", "count"}
-        index = cls(meta["dim"], meta["backend"], hnsw_m=meta["hnsw_m"], ef_search=meta["ef_search"],
+        own = {"kind", "dim", "backend", "hnsw_m", "ef_search", "chunk", "count"}
+        index = cls(meta["dim"], meta["backend"], meta.get("chunk", 65536), meta["hnsw_m"], meta["ef_search"],
                     meta={k: v for k, v in meta.items() if k not in own})  # fmt: skip
         index.ids = json.loads((folder / "ids.json").read_text())
         index.vectors = np.load(folder / "vectors.npy", allow_pickle=False)

@@ -100,7 +100,7 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").is_file():
             raise InputError(f"model folder '{name}' has no config.json", str(path))
         return str(path)
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub ids are "org/name"
     if looks_like_path:
         raise InputError(
             f"model '{name}' resolves to nothing: not a bundled name ({', '.join(BUNDLED)}), "

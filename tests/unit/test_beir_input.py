@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from conftest import TOY_CORPUS, TOY_QRELS, TOY_QUERIES, write_beir, write_jsonl
+
 from irlm.data.beir import load_beir, read_corpus, read_qrels, read_queries
 from irlm.errors import InputError
 
@@ -158,3 +158,12 @@ def test_load_beir_reads_everything(toy_beir):
     assert ds.corpus.texts()[2] == "quantum computers use qubits and superposition"  # no title, no separator
     assert ds.queries["q2"] == "how does a quantum computer work"
     assert set(ds.qrels) == {"test"}
+
+
+def test_write_beir_round_trip(toy_beir, tmp_path):
+    from irlm.data.beir import write_beir as irlm_write_beir
+
+    ds = load_beir(toy_beir)
+    irlm_write_beir(tmp_path / "copy", ds)
+    again = load_beir(tmp_path / "copy")
+    assert (again.corpus, again.queries, again.qrels) == (ds.corpus, ds.queries, ds.qrels)

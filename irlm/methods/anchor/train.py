@@ -38,7 +38,8 @@ class ReconstructionTask:
     def _targets(self, texts: list[str]):
         tok = self.encoder.tokenizer
         ids = tok(texts, truncation=True, max_length=self.target_max_length)["input_ids"]
-        batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt", padding_side="right")
+        batch = tok.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=16, return_tensors="pt",
+                        padding_side="right")
         return batch["input_ids"].to(self.encoder.device), batch["attention_mask"].to(self.encoder.device)
 
     def _embed(self, texts: list[str]):

@@ -1,0 +1,101 @@
+"""BM25Index on a tiny corpus: ordering, edits, save/load without pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import TOY_CORPUS
+
+from irlm.errors import InputError
+from irlm.index.bm25 import BM25Index
+
+IDS = [d["_id"] for d in TOY_CORPUS]
+TEXTS = [f"{d['title']} {d['text']}".strip() for d in TOY_CORPUS]
+QUERIES = {"q1": "why do dogs bark", "q2": "quantum computer qubits", "q3": "sourdough bread starter",
+           "q4": "river egypt", "qnone": "zzzz unrelated xylophone"}  # fmt: skip
+EXPECTED_TOP = {"q1": "d2", "q2": "d3", "q3": "d4", "q4": "d5"}
+
+
+@pytest.fixture
+def index():
+    idx = BM25Index()
+    idx.add(IDS, TEXTS)
+    return idx
+
+
+def test_matching_doc_ranks_first(index):
+    run = index.search(QUERIES, k=3)
+    assert {q: next(iter(run[q])) for q in EXPECTED_TOP} == EXPECTED_TOP
+    assert run["qnone"] == {}  # documents with score 0 are not returned
+    for docs in run.values():
+        scores = list(docs.values())
+        assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+        assert len(docs) <= 3
+
+
+def test_scores_vector(index):
+    s = index.scores("dogs barking")
+    assert s.shape == (len(IDS),)
+    assert int(np.argmax(s)) == IDS.index("d2")
+    assert np.count_nonzero(s) == 1
+
+
+def test_add_more_documents(index):
+    index.search(QUERIES, k=1)  # builds the index; add must invalidate it
+    index.add(["d6"], ["a violin and a xylophone in the orchestra"])
+    assert list(index.search({"q": "xylophone"}, k=5)["q"]) == ["d6"]
+    with pytest.raises(InputError, match="duplicate id 'd6'"):
+        index.add(["d6"], ["again"])
+    with pytest.raises(InputError, match="duplicate"):
+        index.add(["d7", "d7"], ["x", "y"])
+    assert len(index) == 6
+
+
+def test_update_changes_results(index):
+    assert list(index.search({"q": "bread"}, k=5)["q"]) == ["d4"]
+    index.update(["d1"], ["fresh bread bread bread from the bakery"])
+    assert list(index.search({"q": "bread"}, k=5)["q"]) == ["d1", "d4"]
+    assert "cat" not in " ".join(index.texts)
+    with pytest.raises(InputError, match="unknown id 'nope'"):
+        index.update(["nope"], ["x"])
+
+
+def test_remove_drops_ids(index):
+    index.remove(["d2", "not-there"])
+    assert index.ids == ["d1", "d3", "d4", "d5"]
+    run = index.search(QUERIES, k=5)
+    assert run["q1"] == {} and all("d2" not in docs for docs in run.values())
+    assert next(iter(run["q3"])) == "d4"
+    index.remove(index.ids)
+    with pytest.raises(InputError, match="empty"):
+        index.search({"q": "bread"})
+
+
+def test_save_load_round_trip(tmp_path, index):
+    before = index.search(QUERIES, k=5)
+    index.save(tmp_path / "bm25")
+    loaded = BM25Index.load(tmp_path / "bm25")
+    assert (loaded.k1, loaded.b, loaded.ids, loaded.texts) == (0.9, 0.4, IDS, TEXTS)
+    after = loaded.search(QUERIES, k=5)
+    assert after.keys() == before.keys()
+    for q in before:
+        assert list(after[q]) == list(before[q])
+        assert after[q] == pytest.approx(before[q], rel=1e-6)
+    loaded.add(["d6"], ["xylophone"])  # still editable after load
+    assert list(loaded.search({"q": "xylophone"})["q"]) == ["d6"]
+
+
+def test_saved_files_need_no_pickle(tmp_path, index):
+    index.save(tmp_path / "bm25")
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "bm25") for f in fs]
+    assert files
+    for path in files:
+        assert path.endswith((".npy", ".json", ".jsonl")), path
+        if path.endswith(".npy"):
+            np.load(path, allow_pickle=False)
+        elif path.endswith(".json"):
+            json.loads(open(path, encoding="utf-8").read())
+    assert os.listdir(tmp_path) == ["bm25"]

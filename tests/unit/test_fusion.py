@@ -1,0 +1,63 @@
+"""Fusion: pure functions over Run dicts, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from irlm.index.fusion import rrf, top_k, weighted
+
+RUN_A = {"q": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}
+RUN_B = {"q": {"d3": 0.9, "d4": 0.5}, "q2": {"x": 1.0}}
+
+
+def test_rrf_hand_computed():
+    fused = rrf([RUN_A, RUN_B], k=60)
+    assert fused["q"] == pytest.approx({
+        "d1": 1 / 61,
+        "d2": 1 / 62,
+        "d3": 1 / 63 + 1 / 61,
+        "d4": 1 / 62,
+    }, abs=1e-12)  # fmt: skip
+    assert fused["q2"] == pytest.approx({"x": 1 / 61})
+
+
+def test_rrf_small_k_and_depth():
+    fused = rrf([RUN_A, RUN_B], k=1, depth=1)  # only each run's top document counts
+    assert fused["q"] == pytest.approx({"d1": 1 / 2, "d3": 1 / 2})
+
+
+def test_rrf_ranks_by_score_not_insertion_order():
+    fused = rrf([{"q": {"low": 0.1, "high": 5.0}}], k=0)
+    assert fused["q"] == pytest.approx({"high": 1.0, "low": 0.5})
+
+
+def test_weighted_min_max_hand_computed():
+    fused = weighted([RUN_A, RUN_B], [0.7, 0.3])
+    # RUN_A q: min 1, max 3 -> d1 1.0, d2 0.5, d3 0.0; RUN_B q: min 0.5, max 0.9 -> d3 1.0, d4 0.0
+    assert fused["q"] == pytest.approx({"d1": 0.7, "d2": 0.35, "d3": 0.3, "d4": 0.0}, abs=1e-12)
+
+
+def test_weighted_negative_scores():
+    fused = weighted([{"q": {"a": -4.0, "b": -2.0, "c": 0.0}}], [2.0])
+    assert fused["q"] == pytest.approx({"a": 0.0, "b": 1.0, "c": 2.0})
+
+
+def test_weighted_needs_one_weight_per_run():
+    with pytest.raises(ValueError, match="2 runs but 1 weights"):
+        weighted([RUN_A, RUN_B], [1.0])
+
+
+def test_top_k_orders_and_cuts():
+    run = {"q": {"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.7}, "r": {"x": 1.0}}
+    cut = top_k(run, 2)
+    assert list(cut["q"]) == ["b", "d"]
+    assert cut["q"] == {"b": 0.9, "d": 0.7}
+    assert cut["r"] == {"x": 1.0}
+
+
+def test_rrf_then_top_k_ordering():
+    fused = top_k(rrf([RUN_A, RUN_B]), 3)
+    ranked = list(fused["q"])
+    assert len(ranked) == 3
+    assert ranked[:2] == ["d3", "d1"]
+    assert ranked[2] in {"d2", "d4"}  # tied at 1/62
