@@ -80,16 +80,26 @@ def encode(
     dtype: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """Embed a corpus and save it as a dense index folder."""
+    """Embed a corpus and save it as a dense index folder (under torchrun: one shard per process)."""
     from irlm.data import load_dataset
-    from irlm.index import DenseRetriever
+    from irlm.index.sharded import encode_sharded
     from irlm.models import LLMEncoder
+    from irlm.train.loop import init_distributed, world
 
+    init_distributed()
+    if device is None and world()[1] > 1 and _cuda():
+        device = f"cuda:{world()[0] % _cuda()}"  # one GPU per process
     opts = _encoder_options(max_length=max_length, pooling=pooling, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, dtype=dtype)  # fmt: skip
     encoder = LLMEncoder.from_pretrained(model, device=device, **opts)
-    DenseRetriever.build(load_dataset(data).corpus, encoder, backend, batch_size).save(out)
-    err.print(f"saved dense index to {out}")
+    if encode_sharded(load_dataset(data).corpus, encoder, out, backend, batch_size) is not None:
+        err.print(f"saved dense index to {out}")
+
+
+def _cuda() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 @app.command()
