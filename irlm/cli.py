@@ -300,3 +300,7 @@ def run() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

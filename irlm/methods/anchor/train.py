@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from irlm.data import load_dataset
 from irlm.data.mining import mine_examples
 from irlm.data.training import TrainExample, read_examples
@@ -20,7 +22,7 @@ from irlm.models import LLMEncoder
 from irlm.train.contrastive import ContrastiveTask
 from irlm.train.lora import add_lora, merge_lora
 from irlm.train.loop import Trainer, TrainConfig, init_distributed, seed_everything, world
-from irlm.utils import write_json
+from irlm.utils import bf16_is_faster, write_json
 
 
 class ReconstructionTask:
@@ -93,6 +95,7 @@ def train(cfg: AnchorConfig) -> dict:
     examples = training_examples(cfg)
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, with_lm_head=cfg.stage1_steps > 0,
                                          pooling=cfg.pooling, max_length=cfg.max_length, dtype="fp32")
+    encoder.config.dtype = "auto"  # fp32 master weights for training; the saved model loads as bf16 where faster
     if cfg.lora_r:
         add_lora(encoder, cfg.lora_r)
     history = {}
@@ -105,6 +108,8 @@ def train(cfg: AnchorConfig) -> dict:
     if world()[0] != 0:
         return {}
     encoder.model.eval()
+    if bf16_is_faster(encoder.device):  # as LLMEncoder.from_pretrained(dtype="auto") would load it
+        encoder.model.to(torch.bfloat16)
     results = {"config": asdict(cfg), "examples": len(examples), "metrics": evaluate_encoder(encoder, cfg.eval_data),
                "final_loss": {k: v[-1] for k, v in history.items() if v}}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
