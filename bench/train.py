@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -80,9 +79,8 @@ def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
         for _ in range(steps):
             from irlm.train.loop import step_examples
 
-            state = random.getstate()  # make_batch samples with `random`; replay it for the count
-            batch = make_batch(enc, step_examples(data, trainer.step, batch_size, cfg.seed), negatives)
-            random.setstate(state)
+            seed = cfg.seed * 1_000_003 + trainer.step  # the draw the trainer will make this step
+            batch = make_batch(enc, step_examples(data, trainer.step, batch_size, cfg.seed), negatives, seed)
             tokens += count_tokens(enc, batch)
             trainer.train_step()
         return tokens / (time.perf_counter() - start)

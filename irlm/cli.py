@@ -290,16 +290,15 @@ def mine(
 
 
 def run() -> None:
-    """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback."""
+    """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback.
+
+    Usage errors are click's own (standalone mode, exit 2); InputError from the library is ours.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except InputError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

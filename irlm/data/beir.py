@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; CRLF endings read as LF."""
-    with open(path, encoding="utf-8", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, encoding="utf-8-sig", newline=None, errors="strict") as f:
+        for lineno, line in _numbered(f, path):
             if not line.strip():
                 continue
             try:
@@ -31,6 +31,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise InputError("expected a JSON object", path, lineno)
             yield lineno, obj
+
+
+def _numbered(f, path):
+    """enumerate(f, 1), with undecodable bytes reported as a one-line error naming the line."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, start=1):
+            yield lineno, line
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 ({e.reason})", path, lineno + 1) from None
 
 
 def _field(obj: dict, name: str, path, lineno: int, required: bool = True) -> str:
@@ -77,7 +87,7 @@ def read_queries(path: str | Path) -> Queries:
 def read_qrels(path: str | Path) -> Qrels:
     """Read a qrels TSV (`query-id corpus-id score`, header optional)."""
     qrels: Qrels = {}
-    with open(path, encoding="utf-8", newline=None) as f:
+    with open(path, encoding="utf-8-sig", newline=None) as f:
         for lineno, line in enumerate(f, start=1):
             parts = line.split()
             if not parts or (lineno == 1 and parts[0] == "query-id"):
@@ -87,7 +97,7 @@ def read_qrels(path: str | Path) -> Qrels:
             qid, did, score = parts
             try:
                 grade = int(float(score))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise InputError(f"not a number: '{score}'", path, lineno, "score") from None
             qrels.setdefault(qid, {})[did] = grade
     return qrels
@@ -113,6 +123,9 @@ def check_qrels(qrels: Qrels, corpus_ids: set[str], queries: Queries, where: str
 def load_beir(folder: str | Path, name: str | None = None) -> Dataset:
     """Load a BEIR folder: corpus, queries and every `qrels/*.tsv` split."""
     folder = Path(folder)
+    for needed in ("corpus.jsonl", "queries.jsonl"):
+        if not (folder / needed).is_file():
+            raise InputError(f"missing {needed}: not a BEIR folder", str(folder / needed))
     corpus = read_corpus(folder / "corpus.jsonl")
     queries = read_queries(folder / "queries.jsonl")
     ids = set(corpus.ids)

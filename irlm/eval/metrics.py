@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+from irlm.errors import InputError
 from irlm.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map", "hits@1", "hits@5", "hits@10")
@@ -15,7 +16,7 @@ def _ranx_name(metric: str) -> str:
     return metric.replace("hits@", "hit_rate@") if metric.startswith("hits@") else metric
 
 
-def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS) -> dict[str, float]:
+def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS, ignore_identical_ids: bool = True) -> dict[str, float]:
     """Mean of each metric over the judged queries; a judged query missing from the run scores 0.
 
     Example:
@@ -29,7 +30,9 @@ def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS) -> dict[str, float
     judged = {q: {d: g for d, g in docs.items() if g > 0} for q, docs in qrels.items()}
     judged = {q: docs for q, docs in judged.items() if docs}
     if not judged:
-        raise ValueError("qrels hold no relevant judgements to evaluate against")
+        raise InputError("qrels hold no relevant judgements to evaluate against")
+    if ignore_identical_ids:  # BEIR's rule: a document with the query's own id (arguana, quora) is not scored
+        run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
     # ranx needs every judged query in the run; an empty ranking there means all metrics are 0
     sentinel = {"__none__": 0.0}
     filled = {q: (run.get(q) or sentinel) for q in judged}

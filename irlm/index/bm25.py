@@ -81,7 +81,10 @@ class BM25Index:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for one query. (N,)"""
         bm25 = self._index(progress=False)
-        return bm25.get_scores(self._tokenize([query])[0])
+        tokens = [t for t in self._tokenize([query])[0] if t in bm25.vocab_dict]
+        if not tokens:  # empty, all stopwords or all unseen: nothing matches
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return bm25.get_scores(tokens)
 
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
         run: Run = {}

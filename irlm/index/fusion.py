@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from irlm.errors import InputError
 from irlm.types import Run
 
 
@@ -28,7 +29,7 @@ def _minmax(docs: dict[str, float]) -> dict[str, float]:
 def weighted(runs: list[Run], weights: list[float]) -> Run:
     """Weighted sum of per-query min-max normalised scores; a missing document counts as 0."""
     if len(runs) != len(weights):
-        raise ValueError(f"{len(runs)} runs but {len(weights)} weights")
+        raise InputError(f"{len(runs)} runs but {len(weights)} weights")
     fused: Run = {}
     for run, w in zip(runs, weights):
         for qid, docs in run.items():

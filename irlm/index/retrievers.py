@@ -67,6 +67,7 @@ class DenseRetriever:
         index = DenseIndex.load(folder)
         if encoder is None:
             cfg = dict(index.meta.get("encoder") or {})
+            cfg.pop("trust_remote_code", None)  # never taken from a file
             if not cfg:
                 raise InputError("dense index has no encoder config; pass an encoder", str(folder))
             encoder = LLMEncoder.from_pretrained(cfg.pop("model"), device=device, **cfg)

@@ -61,7 +61,9 @@ def _infer_defaults(path: str, trust_remote_code: bool) -> dict:
 def _load_config(name: str, overrides: dict) -> tuple[EncoderConfig, str]:
     saved = Path(name) / CONFIG_FILE
     if saved.is_file():
-        cfg = EncoderConfig.from_dict({**json.loads(saved.read_text()), **overrides, "model": name})
+        stored = json.loads(saved.read_text())
+        stored.pop("trust_remote_code", None)  # a received file must not switch remote code on
+        cfg = EncoderConfig.from_dict({**stored, **overrides, "model": name})
         return cfg, name
     path = resolve_model(name)
     trust = overrides.get("trust_remote_code", False)
@@ -78,8 +80,13 @@ class LLMEncoder:
     def __init__(self, model, tokenizer, config: EncoderConfig, device: str = "cpu", lm_head=None):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.lm_head = lm_head  # only for objectives that generate text from the backbone (anchor Stage I)
+        # positions come from the mask so left padding cannot shift them; RoBERTa-style models number
+        # their positions from padding_idx + 1, so they get that offset
         params = inspect.signature(model.forward).parameters.values()  # a peft wrapper takes **kwargs
         self._takes_positions = any(p.name == "position_ids" or p.kind == p.VAR_KEYWORD for p in params)
+        mcfg = model.config
+        offset_types = {"roberta", "xlm-roberta", "mpnet", "camembert", "longformer"}
+        self._position_offset = mcfg.pad_token_id + 1 if mcfg.model_type in offset_types else 0
         self._suffix = self._suffix_ids()
 
     @classmethod
@@ -131,7 +138,7 @@ class LLMEncoder:
         """Pooled (and normalised) embeddings with gradients. (B, T) -> (B, C) in fp32."""
         kw = {}
         if self._takes_positions:  # positions from the mask, so left padding does not shift them
-            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self._position_offset
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
         token_id = self._suffix[0] if self.config.pooling == "token" else None
         emb = pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
@@ -166,10 +173,16 @@ class LLMEncoder:
 
     def save(self, folder: str | Path) -> None:
         """Write weights (safetensors), tokenizer and the encoder config into one folder."""
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: write a plain model with the adapters folded in
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
         with atomic_path(folder) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            saved = {k: v for k, v in asdict(self.config).items() if k != "trust_remote_code"}
+            (tmp / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def _dtype(name: str, device: str) -> torch.dtype:

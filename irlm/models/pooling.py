@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from irlm.errors import InputError
+
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
     """Position of the last real token in each row. mask: (B, T) of 0/1 -> (B,)."""
@@ -60,5 +62,5 @@ def pool(name: str, hidden: torch.Tensor, mask: torch.Tensor, input_ids=None, to
     if name == "token":
         return special_token(hidden, input_ids, token_id)
     if name not in POOLERS:
-        raise ValueError(f"unknown pooling '{name}'; choose from {', '.join([*POOLERS, 'token'])}")
+        raise InputError(f"unknown pooling '{name}'; choose from {', '.join([*POOLERS, 'token'])}")
     return POOLERS[name](hidden, mask)

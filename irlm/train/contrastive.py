@@ -5,17 +5,27 @@ from __future__ import annotations
 import random
 
 from irlm.data.training import TrainExample
+from irlm.errors import InputError
 from irlm.losses.contrastive import ContrastiveLoss
 
 
-def make_batch(encoder, examples: list[TrainExample], n_negatives: int) -> dict:
+def pick_docs(ex: TrainExample, n_negatives: int, seed: int) -> list[str]:
+    """One positive and `n_negatives` negatives, drawn from a generator of this example and seed only,
+    so the same step draws the same documents on any number of processes and after a resume."""
+    rng = random.Random(f"{seed}:{ex.query}")
+    pool = ex.negatives
+    if len(pool) >= n_negatives:
+        negs = rng.sample(pool, n_negatives)
+    else:  # fewer mined than asked for: cycle through them
+        negs = [pool[i % len(pool)] for i in range(n_negatives)]
+    return [rng.choice(ex.positives), *negs]
+
+
+def make_batch(encoder, examples: list[TrainExample], n_negatives: int, seed: int = 0) -> dict:
     """Tokenised queries and docs laid out as [pos, neg_1..neg_H] per query (see losses.contrastive)."""
-    docs = []
-    for ex in examples:
-        docs.append(random.choice(ex.positives))
-        pool = ex.negatives or [d for other in examples if other is not ex for d in other.positives]
-        docs.extend(random.sample(pool, n_negatives) if len(pool) >= n_negatives else
-                    [pool[i % len(pool)] for i in range(n_negatives)])  # fmt: skip
+    if n_negatives and any(not ex.negatives for ex in examples):
+        raise InputError("an example has no negatives to sample; mine some (irlm mine) or set n_negatives: 0")
+    docs = [d for ex in examples for d in pick_docs(ex, n_negatives, seed)]
     cfg = encoder.config
     return {
         "query": encoder.collate(encoder.tokenize([cfg.query_prefix + ex.query for ex in examples])),
@@ -37,8 +47,8 @@ class ContrastiveTask:
     def named_parameters(self):
         return self.encoder.model.named_parameters()
 
-    def step(self, examples: list[TrainExample], scale: float = 1.0) -> dict[str, float]:
-        batch = make_batch(self.encoder, examples, self.n_negatives)
+    def step(self, examples: list[TrainExample], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
+        batch = make_batch(self.encoder, examples, self.n_negatives, seed)
         if self.loss.cache_chunk:
             return self.loss.backward_cached(batch, scale)
         parts = self.loss(batch)

@@ -5,7 +5,7 @@ runs forward and backward, returning the named loss parts as floats:
 
     class Task:
         def parameters(self) -> Iterable[nn.Parameter]: ...
-        def step(self, examples: list, scale: float) -> dict[str, float]: ...
+        def step(self, examples: list, scale: float, seed: int) -> dict[str, float]: ...
         def save(self, folder): ...            # final model, written by rank 0
 
 The example stream is a pure function of (seed, step): epoch e is a seeded permutation, and
@@ -19,10 +19,8 @@ several under gradient caching, so DDP's hook-based sync is not used).
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +32,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from irlm.errors import InputError
 from irlm.utils import atomic_path
 
 
@@ -67,6 +66,8 @@ def world() -> tuple[int, int]:
 def init_distributed() -> None:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
     if "RANK" in os.environ and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process: "cuda" then means this rank's device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
@@ -107,6 +108,9 @@ class Trainer:
         self.task, self.examples, self.cfg = task, examples, config
         self.rank, self.world = world()
         self.out = Path(config.output_dir)
+        if config.batch_size % (self.world * config.grad_accum):
+            raise InputError(f"batch_size {config.batch_size} must divide evenly over {self.world} process(es) x "
+                             f"{config.grad_accum} accumulation step(s)")  # fmt: skip
         self.params = [p for p in task.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup(config.max_steps,
@@ -117,26 +121,36 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         batch = step_examples(self.examples, self.step, cfg.batch_size, cfg.seed)[self.rank :: self.world]
-        micro = math.ceil(len(batch) / cfg.grad_accum)
+        micro = len(batch) // cfg.grad_accum
         parts: dict[str, float] = {}
+        seed = cfg.seed * 1_000_003 + self.step  # per-step seed: the same draws on any number of processes
         for start in range(0, len(batch), micro):
             with self._autocast():
-                got = self.task.step(batch[start : start + micro], scale=1.0 / cfg.grad_accum)
+                got = self.task.step(batch[start : start + micro], scale=1.0 / cfg.grad_accum, seed=seed)
             for k, v in got.items():
-                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+                parts[k] = parts.get(k, 0.0) + float(v) / cfg.grad_accum
         self._average_gradients()
+        parts = self._average_parts(parts)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used
         if cfg.max_grad_norm:
             parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return parts
+        return {"lr": lr, **parts}
 
     def _autocast(self):
         enabled = self.cfg.precision == "bf16"
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _average_parts(self, parts: dict[str, float]) -> dict[str, float]:
+        """Loss parts as the mean over every process's share of the batch, not rank 0's alone."""
+        if self.world == 1:
+            return parts
+        values = torch.tensor(list(parts.values()), dtype=torch.float64)
+        dist.all_reduce(values)
+        return dict(zip(parts, (values / self.world).tolist()))
 
     def _average_gradients(self) -> None:
         if self.world == 1:
@@ -156,8 +170,7 @@ class Trainer:
         history, start = [], time.perf_counter()
         while self.step < self.cfg.max_steps:
             parts = self.train_step()
-            row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **parts,
-                   "elapsed_s": round(time.perf_counter() - start, 2)}  # fmt: skip
+            row = {"step": self.step, **parts, "elapsed_s": round(time.perf_counter() - start, 2)}
             history.append(row)
             if self.rank == 0 and self.step % self.cfg.log_every == 0:
                 log.write(json.dumps(row) + "\n")
@@ -181,8 +194,9 @@ class Trainer:
             return open(os.devnull, "w")
         self.out.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in kept))
         return open(path, "a")
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -199,7 +213,7 @@ class Trainer:
             (tmp / "rng.json").write_text(json.dumps(_rng_state()))
             state = {"step": self.step, "config": asdict(self.cfg)}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        for old in sorted((self.out / "checkpoints").glob("step-*"))[: -self.cfg.keep_checkpoints]:
+        for old in sorted((self.out / "checkpoints").glob("step-*"))[: -max(1, self.cfg.keep_checkpoints)]:
             _rmtree(old)
 
     def resume(self) -> None:
@@ -219,6 +233,14 @@ class Trainer:
         self.step = json.loads((folder / "trainer_state.json").read_text())["step"]
         if self.rank == 0:
             tqdm.write(f"resumed from {folder} (step {self.step})", file=sys.stderr)
+
+
+def _logged_step(line: str) -> float:
+    """Step of a log line; a line cut short by a kill counts as past the end (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _rng_state() -> dict:
@@ -243,13 +265,3 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def install_sigterm_checkpoint(trainer: Trainer) -> None:
-    """Save a checkpoint when asked to stop (SIGTERM from a scheduler), then exit."""
-
-    def handler(signum, frame):
-        trainer.save_checkpoint()
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, handler)

@@ -23,9 +23,9 @@ from irlm.train.loop import Trainer, TrainConfig, init_distributed, seed_everyth
 class Slow(ContrastiveTask):
     delay = 0.0
 
-    def step(self, examples, scale=1.0):
+    def step(self, examples, scale=1.0, seed=0):
         time.sleep(self.delay)  # room for the test to kill us mid-run
-        return super().step(examples, scale)
+        return super().step(examples, scale, seed)
 
 
 def main() -> None:

@@ -99,3 +99,12 @@ def test_saved_files_need_no_pickle(tmp_path, index):
         elif path.endswith(".json"):
             json.loads(open(path, encoding="utf-8").read())
     assert os.listdir(tmp_path) == ["bm25"]
+
+
+def test_query_of_stopwords_or_unseen_words_returns_nothing():
+    from irlm.index import BM25Index
+
+    idx = BM25Index()
+    idx.add(["a", "b"], ["the cat sat on the mat", "dogs bark loudly"])
+    run = idx.search({"empty": "", "stop": "what is it?", "unseen": "zebra quasar"}, k=5)
+    assert run == {"empty": {}, "stop": {}, "unseen": {}}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,10 +48,10 @@ class ReconstructionTask:
     def _embed(self, texts: list[str]):
         return self.encoder.embed(**self.encoder.collate(self.encoder.tokenize(texts)))
 
-    def step(self, examples: list[TrainExample], scale: float = 1.0) -> dict[str, float]:
+    def step(self, examples: list[TrainExample], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
         cfg, enc = self.encoder.config, self.encoder
         queries = [ex.query for ex in examples]
-        docs = [ex.positives[0] for ex in examples]
+        docs = [random.Random(f"{seed}:{ex.query}").choice(ex.positives) for ex in examples]
         e_q = self._embed([cfg.query_prefix + q for q in queries])  # (B, C)
         e_d = self._embed([cfg.passage_prefix + d for d in docs])
         q2d = reconstruction_loss(enc.model, enc.lm_head, e_q, *self._targets(docs))
