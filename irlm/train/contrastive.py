@@ -9,11 +9,12 @@ from irlm.errors import InputError
 from irlm.losses.contrastive import ContrastiveLoss
 
 
-def pick_docs(ex: TrainExample, n_negatives: int, seed: int) -> list[str]:
+def pick_docs(ex: TrainExample, n_negatives: int, seed: int, fallback: list[str] = ()) -> list[str]:
     """One positive and `n_negatives` negatives, drawn from a generator of this example and seed only,
-    so the same step draws the same documents on any number of processes and after a resume."""
+    so the same step draws the same documents on any number of processes and after a resume.
+    An example with nothing mined (the margin can filter every candidate) draws from `fallback`."""
     rng = random.Random(f"{seed}:{ex.query}")
-    pool = ex.negatives
+    pool = ex.negatives or list(fallback)
     if len(pool) >= n_negatives:
         negs = rng.sample(pool, n_negatives)
     else:  # fewer mined than asked for: cycle through them
@@ -23,9 +24,12 @@ def pick_docs(ex: TrainExample, n_negatives: int, seed: int) -> list[str]:
 
 def make_batch(encoder, examples: list[TrainExample], n_negatives: int, seed: int = 0) -> dict:
     """Tokenised queries and docs laid out as [pos, neg_1..neg_H] per query (see losses.contrastive)."""
-    if n_negatives and any(not ex.negatives for ex in examples):
-        raise InputError("an example has no negatives to sample; mine some (irlm mine) or set n_negatives: 0")
-    docs = [d for ex in examples for d in pick_docs(ex, n_negatives, seed)]
+    docs = []
+    for ex in examples:
+        others = [p for other in examples if other is not ex for p in other.positives[:1]]
+        if n_negatives and not (ex.negatives or others):
+            raise InputError("an example has no negatives to sample; mine some (irlm mine) or set n_negatives: 0")
+        docs.extend(pick_docs(ex, n_negatives, seed, others))
     cfg = encoder.config
     return {
         "query": encoder.collate(encoder.tokenize([cfg.query_prefix + ex.query for ex in examples])),

@@ -58,3 +58,12 @@ def test_document_draws_do_not_depend_on_batch_company():
     assert len(draws) > 5  # different steps draw differently
     first = pick_docs(ex, 3, seed=7)
     assert first[0] in ex.positives and set(first[1:]) <= set(ex.negatives) and len(set(first[1:])) == 3
+
+
+def test_example_without_mined_negatives_borrows_batch_positives():
+    from irlm.data.training import TrainExample
+    from irlm.train.contrastive import pick_docs
+
+    ex = TrainExample("q", ["p"], [])
+    docs = pick_docs(ex, 2, seed=1, fallback=["other1", "other2", "other3"])
+    assert docs[0] == "p" and set(docs[1:]) <= {"other1", "other2", "other3"} and len(docs) == 3
