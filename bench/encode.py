@@ -27,7 +27,8 @@ def st_model(path: str, pooling: str, max_length: int, dtype):
     from sentence_transformers import SentenceTransformer, models
 
     word = models.Transformer(path, max_seq_length=max_length, model_args={"dtype": dtype})
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="lasttoken" if pooling == "last" else pooling)
+    mode = "lasttoken" if pooling == "last" else pooling
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=mode)
     return SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
 
 

@@ -69,7 +69,7 @@ def plain_loop(enc, data, steps, batch_size, negatives) -> float:
 
 def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
     from irlm.train.contrastive import ContrastiveTask, make_batch
-    from irlm.train.loop import Trainer, TrainConfig
+    from irlm.train.loop import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(output_dir=out, max_steps=steps + 1, batch_size=batch_size, save_every=0, lr=1e-5)

@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -72,13 +71,13 @@ def encode(
     out: Path = typer.Option(..., "--out", help="Folder for the embeddings (an exact dense index)."),
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="exact, flat or hnsw."),
-    batch_size: Optional[int] = typer.Option(None, help="Texts per forward pass."),
-    max_length: Optional[int] = typer.Option(None, help="Tokens per text."),
-    pooling: Optional[str] = typer.Option(None, help="last, mean, cls or token."),
-    query_prefix: Optional[str] = typer.Option(None, help="Instruction before each query."),
-    passage_prefix: Optional[str] = typer.Option(None, help="Text before each passage."),
-    dtype: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
-    device: Optional[str] = DeviceOpt,
+    batch_size: int | None = typer.Option(None, help="Texts per forward pass."),
+    max_length: int | None = typer.Option(None, help="Tokens per text."),
+    pooling: str | None = typer.Option(None, help="last, mean, cls or token."),
+    query_prefix: str | None = typer.Option(None, help="Instruction before each query."),
+    passage_prefix: str | None = typer.Option(None, help="Text before each passage."),
+    dtype: str | None = typer.Option(None, help="auto, bf16 or fp32."),
+    device: str | None = DeviceOpt,
 ) -> None:
     """Embed a corpus and save it as a dense index folder (under torchrun: one shard per process)."""
     from irlm.data import load_dataset
@@ -105,12 +104,12 @@ def _cuda() -> int:
 @app.command()
 def index(
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
     retriever: str = typer.Option("bm25", help="bm25 or dense."),
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="Dense backend: exact, flat or hnsw."),
-    embeddings: Optional[Path] = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
-    device: Optional[str] = DeviceOpt,
+    embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
+    device: str | None = DeviceOpt,
 ) -> None:
     """Build a BM25 or dense index; or convert saved embeddings to a FAISS backend."""
     if embeddings:
@@ -143,12 +142,12 @@ def _build(kind: str, data: str, model: str, device: str | None, backend: str = 
 @app.command()
 def search(
     index: Path = typer.Option(..., "--index", help="Index folder from `irlm index` or `irlm encode`."),
-    query: Optional[str] = typer.Option(None, "--query", "-q", help="One query; prints the top k."),
-    data: Optional[str] = typer.Option(None, "--data", help="Search all queries of this dataset's split."),
+    query: str | None = typer.Option(None, "--query", "-q", help="One query; prints the top k."),
+    data: str | None = typer.Option(None, "--data", help="Search all queries of this dataset's split."),
     split: str = typer.Option("test", help="Split whose judged queries are searched."),
     k: int = typer.Option(10, help="Results per query."),
-    out: Optional[Path] = typer.Option(None, "--out", help="TREC run file to write."),
-    device: Optional[str] = DeviceOpt,
+    out: Path | None = typer.Option(None, "--out", help="TREC run file to write."),
+    device: str | None = DeviceOpt,
 ) -> None:
     """Search an index with one query or a dataset's queries."""
     from irlm.index import load_retriever
@@ -173,15 +172,15 @@ def eval_cmd(
     split: str = typer.Option("test", help="Qrels split."),
     retriever: str = typer.Option("bm25", help="bm25, dense or hybrid (bm25 + dense)."),
     model: str = ModelOpt,
-    index: Optional[Path] = typer.Option(None, "--index", help="Evaluate a saved index instead."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Evaluate an existing TREC run file instead."),
+    index: Path | None = typer.Option(None, "--index", help="Evaluate a saved index instead."),
+    run: Path | None = typer.Option(None, "--run", help="Evaluate an existing TREC run file instead."),
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run."),
     k: int = typer.Option(1000, help="Retrieval depth."),
-    out_run: Optional[Path] = typer.Option(None, "--out-run", help="Also write the run as a TREC file."),
+    out_run: Path | None = typer.Option(None, "--out-run", help="Also write the run as a TREC file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
-    dtype: Optional[str] = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
-    device: Optional[str] = DeviceOpt,
+    dtype: str | None = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
+    device: str | None = DeviceOpt,
 ) -> None:
     """Retrieve for a split's queries and score the run (nDCG@10, Recall@100, MRR@10, MAP, Hits@k)."""
     from irlm.data import load_dataset
@@ -227,7 +226,7 @@ def fuse(
     runs: list[Path] = typer.Argument(..., help="TREC run files."),
     out: Path = typer.Option(..., "--out", help="Fused TREC run file."),
     method: str = typer.Option("rrf", help="rrf or weighted."),
-    weights: Optional[str] = typer.Option(None, help="Comma-separated weights for weighted fusion."),
+    weights: str | None = typer.Option(None, help="Comma-separated weights for weighted fusion."),
 ) -> None:
     """Fuse TREC runs by reciprocal rank or weighted normalised scores."""
     from irlm.eval import read_trec, write_trec
@@ -249,8 +248,8 @@ SetOpt = typer.Option(None, "--set", help="Override a config field: --set stage2
 
 @train_app.command("anchor")
 def train_anchor(
-    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
-    overrides: Optional[list[str]] = SetOpt,
+    config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
+    overrides: list[str] | None = SetOpt,
 ) -> None:
     """Anchor embeddings: Stage I reconstruction, then Stage II InfoNCE; stage1_steps=0 is the baseline."""
     from irlm.methods.anchor import AnchorConfig, train
@@ -270,7 +269,7 @@ def mine(
     depth: int = typer.Option(100, help="Ranking depth searched for negatives."),
     margin: float = typer.Option(0.95, help="Drop candidates scoring >= margin x the positive (false negatives)."),
     seed: int = typer.Option(0),
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Build (query, positives, negatives) examples from qrels, with mined hard negatives."""
     from irlm.data import load_dataset

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
@@ -53,7 +53,7 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=None)
+@cache
 def bf16_is_faster(device: str) -> bool:
     """Whether bf16 matmul beats fp32 here; measured once per process because CPUs differ widely."""
     import time

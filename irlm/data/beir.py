@@ -147,6 +147,7 @@ def write_beir(folder: str | Path, dataset: Dataset) -> None:
     write_jsonl(folder / "corpus.jsonl", ({"_id": d.id, "title": d.title, "text": d.text} for d in dataset.corpus.docs))
     write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": t} for q, t in dataset.queries.items()))
     for split, qrels in dataset.qrels.items():
-        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items()]
+        rows = [f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items()]
+        lines = ["query-id\tcorpus-id\tscore", *rows]
         with atomic_path(folder / "qrels" / f"{split}.tsv") as tmp:
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

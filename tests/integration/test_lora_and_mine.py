@@ -15,8 +15,8 @@ from tiny import tiny_encoder, toy_examples  # noqa: E402
 
 from irlm.data.training import read_examples  # noqa: E402
 from irlm.train.contrastive import ContrastiveTask  # noqa: E402
+from irlm.train.loop import TrainConfig, Trainer  # noqa: E402
 from irlm.train.lora import add_lora, merge_lora  # noqa: E402
-from irlm.train.loop import Trainer, TrainConfig  # noqa: E402
 
 
 def test_lora_trains_adapters_only_and_merges(tmp_path):

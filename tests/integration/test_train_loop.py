@@ -20,7 +20,7 @@ sys.path.insert(0, str(SCRIPTS))
 from tiny import tiny_encoder, toy_examples  # noqa: E402
 
 from irlm.train.contrastive import ContrastiveTask  # noqa: E402
-from irlm.train.loop import Trainer, TrainConfig, step_examples  # noqa: E402
+from irlm.train.loop import TrainConfig, Trainer, step_examples  # noqa: E402
 
 
 def run_script(*args, **kw):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import tiny_encoder, toy_examples  # noqa: E402
 
 from irlm.train.contrastive import ContrastiveTask  # noqa: E402
-from irlm.train.loop import Trainer, TrainConfig, init_distributed, seed_everything, world  # noqa: E402
+from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world  # noqa: E402
 
 
 class Slow(ContrastiveTask):

@@ -21,8 +21,8 @@ from irlm.losses.reconstruction import bidirectional_loss, reconstruction_loss
 from irlm.methods.anchor.config import AnchorConfig
 from irlm.models import LLMEncoder
 from irlm.train.contrastive import ContrastiveTask
+from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.train.lora import add_lora, merge_lora
-from irlm.train.loop import Trainer, TrainConfig, init_distributed, seed_everything, world
 from irlm.utils import bf16_is_faster, write_json
 
 
