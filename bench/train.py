@@ -69,7 +69,7 @@ def plain_loop(enc, data, steps, batch_size, negatives) -> float:
 
 def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
     from irlm.train.contrastive import ContrastiveTask, make_batch
-    from irlm.train.loop import TrainConfig, Trainer
+    from irlm.train.loop import TrainConfig, Trainer, step_examples
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(output_dir=out, max_steps=steps + 1, batch_size=batch_size, save_every=0, lr=1e-5)
@@ -77,8 +77,6 @@ def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
         trainer.train_step()  # warm-up, as in the baseline
         tokens, start = 0, time.perf_counter()
         for _ in range(steps):
-            from irlm.train.loop import step_examples
-
             seed = cfg.seed * 1_000_003 + trainer.step  # the draw the trainer will make this step
             batch = make_batch(enc, step_examples(data, trainer.step, batch_size, cfg.seed), negatives, seed)
             tokens += count_tokens(enc, batch)

@@ -57,11 +57,8 @@ class ContrastiveLoss:
         d = self.encoder.embed(**batch["docs"])
         return {"infonce": info_nce_from_embeddings(q, d, self.temperature, batch["group"])}
 
-    def backward_cached(self, batch: dict, scale: float = 1.0, sync=None) -> dict[str, float]:
-        """Loss and gradients as plain backward would give, holding one chunk's activations at a time.
-
-        `sync` is a context-manager factory (DDP's no_sync) applied to all chunk backwards but the last.
-        """
+    def backward_cached(self, batch: dict, scale: float = 1.0) -> dict[str, float]:
+        """Loss and gradients as plain backward would give, holding one chunk's activations at a time."""
         q_chunks, q_reps, q_rng = self._embed_no_grad(batch["query"])
         d_chunks, d_reps, d_rng = self._embed_no_grad(batch["docs"])
         q, d = torch.cat(q_reps).requires_grad_(), torch.cat(d_reps).requires_grad_()
@@ -69,9 +66,8 @@ class ContrastiveLoss:
         (loss * scale).backward()
         q_grads, d_grads = q.grad.split([len(r) for r in q_reps]), d.grad.split([len(r) for r in d_reps])
         work = list(zip(q_chunks, q_grads, q_rng)) + list(zip(d_chunks, d_grads, d_rng))
-        for n, (chunk, grad, rng) in enumerate(work):
-            last = n == len(work) - 1
-            with torch.random.fork_rng(devices=[]), (sync() if sync and not last else _null()):
+        for chunk, grad, rng in work:
+            with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(rng)  # same dropout masks as the cached pass
                 emb = self.encoder.embed(**chunk)
                 emb.backward(grad)  # d(loss)/d(params) = sum over chunks of grad . d(emb)/d(params)
@@ -85,14 +81,6 @@ class ContrastiveLoss:
                 states.append(torch.get_rng_state())
                 reps.append(self.encoder.embed(**chunk))
         return chunks, reps, states
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _split(inputs: dict, size: int) -> list[dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -214,7 +215,7 @@ class Trainer:
             state = {"step": self.step, "config": asdict(self.cfg)}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         for old in sorted((self.out / "checkpoints").glob("step-*"))[: -max(1, self.cfg.keep_checkpoints)]:
-            _rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
 
     def resume(self) -> None:
         ckpts = sorted((self.out / "checkpoints").glob("step-*"))
@@ -259,9 +260,3 @@ def _set_rng_state(state: dict) -> None:
 
 def _listify(x):
     return [_listify(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
