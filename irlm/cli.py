@@ -258,6 +258,48 @@ def train_anchor(
     train(load_config(AnchorConfig, config, overrides))
 
 
+@train_app.command("drama")
+def train_drama(
+    config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
+    overrides: list[str] | None = SetOpt,
+) -> None:
+    """A retriever trained with InfoNCE on the original pairs plus `augment_files` (from `irlm augment`)."""
+    from irlm.methods.drama.config import RetrieverConfig
+    from irlm.methods.drama.train import train
+    from irlm.utils import load_config
+
+    train(load_config(RetrieverConfig, config, overrides))
+
+
+@app.command()
+def augment(
+    strategy: str = typer.Option(..., "--strategy", help="crop | qgen | rerank | triplet (DRAMA, METHODS.md §2)."),
+    data: str = DataOpt,
+    out: Path = typer.Option(..., "--out", help="Training JSONL; appended to, so a rerun resumes."),
+    teacher: str | None = typer.Option(None, help="Model name/folder, or http://host:port/v1[#model] "
+                                                  "[default: smollm2-135m]."),
+    retriever: str | None = typer.Option(None, help="bm25, dense:<model> or an index folder [default: bm25]."),
+    n: int | None = typer.Option(None, help="Documents (queries for rerank) to process [default: 500]."),
+    config: Path | None = typer.Option(None, "--config", help="YAML of AugmentConfig fields; flags override it."),
+    overrides: list[str] | None = SetOpt,
+    device: str | None = DeviceOpt,
+) -> None:
+    """Make (query, positives, hard negatives) examples with an LLM teacher; counts invalid generations."""
+    from irlm.methods.drama.augment import run_augment
+    from irlm.methods.drama.config import AugmentConfig
+    from irlm.utils import load_config
+
+    given = {"strategy": strategy, "data": data, "out": str(out), "teacher": teacher, "retriever": retriever, "n": n}
+    flags = [f"{k}={json.dumps(v)}" for k, v in given.items() if v is not None]  # JSON: YAML-safe quoting
+    cfg = load_config(AugmentConfig, config, flags + list(overrides or []))
+    cfg.device = device or cfg.device
+    stats = run_augment(cfg)
+    rate = stats["this_run"].get("completion_tokens_per_s")
+    err.print(f"{stats['examples']} examples in {out}, {stats['skipped']} skipped, "
+              f"{stats['invalid_generations']} invalid generations" + (f", {rate} tokens/s" if rate else ""))
+    print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
+
+
 @app.command()
 def mine(
     data: str = DataOpt,

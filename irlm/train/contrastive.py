@@ -38,6 +38,18 @@ def make_batch(encoder, examples: list[TrainExample], n_negatives: int, seed: in
     }
 
 
+def qrels_examples(data: str, split: str = "train", n_negatives: int = 1, seed: int = 42) -> list[TrainExample]:
+    """(query, positive) pairs from a dataset's qrels, with hard negatives mined by BM25 (margin 0.95)."""
+    from irlm.data import load_dataset
+    from irlm.data.mining import mine_examples
+    from irlm.index import BM25Retriever
+
+    ds = load_dataset(data)
+    queries = ds.split_queries(split)
+    run = BM25Retriever.build(ds.corpus).search(queries, k=100)
+    return mine_examples(queries, ds.qrels[split], ds.corpus, run, n_negatives, seed=seed)
+
+
 class ContrastiveTask:
     """Task for irlm.train.loop.Trainer. `cache_chunk` > 0 switches on gradient caching."""
 

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import torch
 
-from irlm.data import load_dataset
-from irlm.data.mining import mine_examples
 from irlm.data.training import TrainExample, read_examples
-from irlm.eval import evaluate
-from irlm.index import BM25Retriever, DenseRetriever
+from irlm.eval.benchmark import evaluate_encoder
 from irlm.losses.reconstruction import bidirectional_loss, reconstruction_loss
 from irlm.methods.anchor.config import AnchorConfig
 from irlm.models import LLMEncoder
-from irlm.train.contrastive import ContrastiveTask
+from irlm.train.contrastive import ContrastiveTask, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.train.lora import add_lora, merge_lora
 from irlm.utils import bf16_is_faster, write_json
@@ -68,25 +65,13 @@ def training_examples(cfg: AnchorConfig) -> list[TrainExample]:
     """Examples from a JSONL file, or from the dataset's qrels with BM25-mined hard negatives."""
     if cfg.train_file:
         return read_examples(cfg.train_file)
-    ds = load_dataset(cfg.data)
-    queries = ds.split_queries(cfg.train_split)
-    run = BM25Retriever.build(ds.corpus).search(queries, k=100)
-    return mine_examples(queries, ds.qrels[cfg.train_split], ds.corpus, run, cfg.n_negatives, seed=cfg.seed)
+    return qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed)
 
 
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:
     tc = TrainConfig(output_dir=str(Path(cfg.output_dir) / name), max_steps=steps, lr=lr, batch_size=cfg.batch_size,
                      grad_accum=cfg.grad_accum, precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)
     return Trainer(task, examples, tc).fit()
-
-
-def evaluate_encoder(encoder: LLMEncoder, names: list[str]) -> dict[str, dict]:
-    out = {}
-    for name in names:
-        ds = load_dataset(name)
-        run = DenseRetriever.build(ds.corpus, encoder).search(ds.split_queries("test"), k=1000)
-        out[name] = evaluate(run, ds.qrels["test"])
-    return out
 
 
 def train(cfg: AnchorConfig) -> dict:

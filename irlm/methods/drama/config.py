@@ -1,0 +1,62 @@
+"""Settings of DRAMA (Ma et al., ACL 2025): data augmentation and retriever training on it.
+
+Defaults cite their source; "paper" is METHODS.md §2 and the review in ../shared/seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STRATEGIES = ("crop", "qgen", "rerank", "triplet")
+
+
+@dataclass
+class AugmentConfig:
+    strategy: str = "crop"  # crop|qgen|rerank|triplet (paper §2, augmentation 1-4)
+    data: str = "scifact"  # corpus the pseudo-queries come from
+    out: str = "runs/drama/crop.jsonl"  # appended to; a rerun resumes it
+    n: int = 500  # documents (crop, qgen, triplet) or queries (rerank) to process
+    teacher: str = "smollm2-135m"  # generator: model name/folder, or http://host:port/v1[#model]
+    retriever: str = "bm25"  # bm25 | dense:<model> | a retriever folder (irlm index)
+    top_k: int = 20  # candidates per pseudo-query; paper reranks the top-20
+    n_positives: int = 1  # crop/qgen: ranks 1..m are positives (paper: top-1..m); m=1 keeps false positives out
+    negatives_from: int = 5  # crop/qgen: hard negatives are ranks negatives_from..top_k (1-based)
+    rerank_negatives_from: int = 10  # rerank: after the LLM's ordering, ranks ~10-20 are hard negatives (paper)
+    queries_from: str | None = None  # rerank: reuse the queries of a crop/qgen file; default: crop on the fly
+    passage_words: int = 40  # rerank: each candidate cut to this many words: 20 of them make a ~1.2k-token prompt
+    doc_words: int = 200  # qgen/triplet: the passage shown to the teacher
+    window: int = 20  # rerank: candidates per prompt; shrunk automatically to fit the context
+    step: int = 10  # rerank: sliding-window stride (RankGPT's 20/10)
+    max_new_tokens: int = 0  # 0 = per strategy (qgen 48, rerank 4 per candidate + 16, triplet 256)
+    temperature: float = 0.0  # first attempt greedy; retries sample at retry_temperature
+    retry_temperature: float = 0.7
+    retries: int = 2  # an invalid generation is retried this many times, then the item is skipped
+    batch_size: int = 8  # prompts per generate call
+    token_budget: int | None = None  # stop cleanly after this many teacher tokens (prompt + completion)
+    min_sentence_words: int = 6  # crop: shorter sentences make poor pseudo-queries
+    seed: int = 42
+    device: str | None = None
+
+
+@dataclass
+class RetrieverConfig:
+    """A retriever trained with InfoNCE on the original training pairs plus augmented files (paper: FT + aug)."""
+
+    model: str = "smollm2-135m"
+    data: str = "scifact"  # original training pairs: the train_split qrels, BM25-mined negatives
+    train_split: str = "train"
+    augment_files: list[str] = field(default_factory=list)  # JSONL from `irlm augment`, added to the pairs
+    eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])
+    output_dir: str = "runs/drama/ft"
+    steps: int = 30  # the same for every ablation row: more data, not more updates
+    lr: float = 5e-5  # METHODS.md §0: 5e-5 got SmolLM2 off the ground on CPU budgets
+    temperature: float = 0.05  # METHODS.md §0
+    n_negatives: int = 1
+    batch_size: int = 32
+    cache_chunk: int = 0
+    pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
+    max_length: int = 128
+    precision: str = "bf16"
+    seed: int = 42
+    save_every: int = 10
+    device: str | None = None
