@@ -300,6 +300,21 @@ def augment(
     print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
 
 
+@app.command("serve-llm")
+def serve_llm_cmd(
+    model: str = typer.Option("smollm2-135m", "--model", help="Bundled name, hub id or folder to serve."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback should set an API key."),
+    port: int = typer.Option(8000),
+    api_key_env: str = typer.Option("IRLM_API_KEY", help="Environment variable holding the key clients must send."),
+    batch_size: int = typer.Option(8, help="Concurrent requests micro-batched into one generate call."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Serve a model behind the OpenAI completions and chat API (for `--teacher http://host:port/v1`)."""
+    from irlm.models.generator.server import serve_llm
+
+    serve_llm(model=model, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device)
+
+
 @app.command()
 def mine(
     data: str = DataOpt,
@@ -335,11 +350,17 @@ def run() -> None:
 
     Usage errors are click's own (standalone mode, exit 2); InputError from the library is ours.
     """
+    from irlm.models.generator import BudgetExceeded
+    from irlm.models.generator.http import EndpointError
+
     try:
         app()
     except InputError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except (EndpointError, BudgetExceeded) as e:  # a teacher endpoint that stays down, or a spent budget
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ runs forward and backward, returning the named loss parts as floats:
         def parameters(self) -> Iterable[nn.Parameter]: ...
         def step(self, examples: list, scale: float, seed: int) -> dict[str, float]: ...
         def save(self, folder): ...            # final model, written by rank 0
+        def param_groups(self) -> list[dict]   # optional: groups with their own lr, clip and schedule flags
+        def on_step(self, step, max_steps)     # optional: called before each step
 
 The example stream is a pure function of (seed, step): epoch e is a seeded permutation, and
 step s reads global examples [s*B, (s+1)*B) of the concatenated epochs. So resuming needs only
@@ -99,6 +101,19 @@ def _permutation(n: int, seed: int) -> list[int]:
     return _perm_cache[(n, seed)]
 
 
+def _param_groups(task, lr: float) -> list[dict]:
+    """The task's optimizer groups when it has several (own lr; `clip: False` keeps a group out of
+    gradient clipping, `schedule: False` out of warm-up and decay), else one group of every trainable parameter."""
+    if hasattr(task, "param_groups"):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in task.param_groups()]
+        return [g for g in groups if g["params"]]
+    return [{"params": [p for p in task.parameters() if p.requires_grad], "lr": lr}]
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
 def linear_warmup(total: int, warmup_ratio: float):
     warm = max(1, int(total * warmup_ratio))
     return lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
@@ -112,10 +127,13 @@ class Trainer:
         if config.batch_size % (self.world * config.grad_accum):
             raise InputError(f"batch_size {config.batch_size} must divide evenly over {self.world} process(es) x "
                              f"{config.grad_accum} accumulation step(s)")  # fmt: skip
-        self.params = [p for p in task.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup(config.max_steps,
-                                                                                    config.warmup_ratio))
+        groups = _param_groups(task, config.lr)
+        self.params = [p for g in groups for p in g["params"]]
+        self.clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        warm = linear_warmup(config.max_steps, config.warmup_ratio)
+        schedules = [warm if g.get("schedule", True) else _constant for g in groups]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.step = 0
 
     # ---- one step -------------------------------------------------------------------------
@@ -125,6 +143,8 @@ class Trainer:
         micro = len(batch) // cfg.grad_accum
         parts: dict[str, float] = {}
         seed = cfg.seed * 1_000_003 + self.step  # per-step seed: the same draws on any number of processes
+        if hasattr(self.task, "on_step"):  # tasks whose targets follow a schedule (pruning)
+            self.task.on_step(self.step, cfg.max_steps)
         for start in range(0, len(batch), micro):
             with self._autocast():
                 got = self.task.step(batch[start : start + micro], scale=1.0 / cfg.grad_accum, seed=seed)
@@ -134,7 +154,7 @@ class Trainer:
         parts = self._average_parts(parts)
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used
         if cfg.max_grad_norm:
-            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.clipped, cfg.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

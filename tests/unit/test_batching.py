@@ -101,7 +101,7 @@ def test_wrong_number_of_results_is_an_error_not_a_hang():
 def test_closed_batcher_refuses_and_fails_queued_items():
     gate = threading.Event()
     b = MicroBatcher(lambda xs: [gate.wait(5) and x for x in xs], max_wait_ms=0)
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         first = pool.submit(b.submit, "first")
         time.sleep(0.05)  # "first" is now running and blocked on the gate
         second = pool.submit(b.submit, "second")

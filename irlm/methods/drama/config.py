@@ -46,6 +46,7 @@ class RetrieverConfig:
     data: str = "scifact"  # original training pairs: the train_split qrels, BM25-mined negatives
     train_split: str = "train"
     augment_files: list[str] = field(default_factory=list)  # JSONL from `irlm augment`, added to the pairs
+    augment_limit: int = 0  # > 0: the first N examples of each file, so ablation rows differ in source, not volume
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])
     output_dir: str = "runs/drama/ft"
     steps: int = 30  # the same for every ablation row: more data, not more updates

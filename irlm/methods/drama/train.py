@@ -24,7 +24,7 @@ from irlm.utils import bf16_is_faster, write_json
 def training_examples(cfg: RetrieverConfig) -> list[TrainExample]:
     examples = qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed) if cfg.data else []
     for path in cfg.augment_files:
-        examples.extend(read_examples(path))
+        examples.extend(read_examples(path)[: cfg.augment_limit or None])
     return examples
 
 

@@ -1,0 +1,303 @@
+"""Serve an in-process generator behind the OpenAI API, so any OpenAI client (or `OpenAIGenerator`) can use it.
+
+Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`, `POST /tokenize` (vLLM's
+shape, for exact token counts) and `GET /health`. Concurrent requests with the same sampling settings
+are micro-batched into one `generate` call. Bad input is a 4xx with an OpenAI error body, never a 500.
+
+Example:
+    >>> serve_llm("smollm2-135m", port=8000)  # doctest: +SKIP
+    $ curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d '{"prompt": "Hi", "max_tokens": 8}'
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.exceptions import HTTPException
+
+from irlm.batching import MicroBatcher
+from irlm.errors import InputError
+from irlm.models.generator.base import BudgetExceeded, Generation, Generator, Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
+
+NonEmpty = Annotated[str, Field(min_length=1)]  # an empty prompt has no last token to continue from
+
+
+class APIError(Exception):
+    """An error the client should see as `{"error": {...}}` with this status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+        return {"role": self.role, "content": text}
+
+
+class Sampling(BaseModel):
+    """Fields both endpoints share. Strict: "16" is not a number and true is not 1."""
+
+    # extra fields (user, logprobs=null, frequency_penalty, ...) are ignored, as OpenAI clients send many
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0, le=2)  # OpenAI's default; OpenAIGenerator always sends its own
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("streaming is not supported")
+        return stream
+
+    def params(self, max_tokens: int) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(max_tokens, self.temperature, self.top_p, stop, self.seed)
+
+
+class CompletionRequest(Sampling):
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)]
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default for /completions
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)  # None: as many as the context leaves, like OpenAI
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+def sampling_key(item: tuple[Prompt, SamplingParams]) -> tuple:
+    """Requests share a `generate` call only when every sampling setting is equal."""
+    p = item[1]
+    return p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed
+
+
+def build_app(generator: Generator, api_key: str | None = None, max_batch: int = 16) -> FastAPI:
+    """A FastAPI app serving `generator`; with `api_key`, every /v1 route needs `Authorization: Bearer <key>`.
+
+    Example:
+        >>> app = build_app(TransformersGenerator("smollm2-135m"), api_key="secret")  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+
+    def run_batch(items: list[tuple[Prompt, SamplingParams]]) -> list[Generation]:
+        return generator.generate([prompt for prompt, _ in items], items[0][1])
+
+    batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=5, key=sampling_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="irlm generator", lifespan=lifespan)
+    add_error_handlers(app)
+    v1 = APIRouter(dependencies=[Depends(key_checker(api_key))])
+    add_routes(v1, generator, batcher)
+    app.include_router(v1)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": generator.name, "batches": batcher.batches, "prompts": batcher.items}
+
+    return app
+
+
+def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher) -> None:
+    # plain `def` routes: FastAPI runs them in its thread pool, so the blocking generate never stalls the loop
+    @router.get("/v1/models")
+    def models() -> dict:
+        entry = {"id": generator.name, "object": "model", "created": 0, "owned_by": "irlm",
+                 "context_length": generator.context_length, "max_model_len": generator.context_length}  # fmt: skip
+        return {"object": "list", "data": [entry]}
+
+    @router.post("/v1/completions")
+    def completions(req: CompletionRequest) -> dict:
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        gens = run_prompts(generator, batcher, prompts, req, req.max_tokens)
+        choices = [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
+                   for i, g in enumerate(gens)]  # fmt: skip
+        return envelope("cmpl", "text_completion", generator.name, choices, gens)
+
+    @router.post("/v1/chat/completions")
+    def chat(req: ChatRequest) -> dict:
+        max_tokens = req.max_completion_tokens or req.max_tokens or generator.context_length
+        (g,) = run_prompts(generator, batcher, [[m.as_dict() for m in req.messages]], req, max_tokens)
+        choice = {"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason}
+        return envelope("chatcmpl", "chat.completion", generator.name, [choice], [g])
+
+    @router.post("/tokenize")
+    def tokenize(req: TokenizeRequest) -> dict:
+        check_model(generator, req.model)
+        prompt = req.prompt if req.prompt is not None else [m.as_dict() for m in req.messages]
+        return {"count": generator.count_tokens(prompt), "max_model_len": generator.context_length}
+
+
+def run_prompts(generator: Generator, batcher: MicroBatcher, prompts: list[Prompt], req: Sampling,
+                max_tokens: int) -> list[Generation]:  # fmt: skip
+    """Check what would fail the whole batch (and so other clients' requests) before queueing."""
+    check_model(generator, req.model)
+    ctx = generator.context_length
+    if max_tokens > ctx:
+        raise APIError(400, f"max_tokens={max_tokens} exceeds the model's context of {ctx} tokens", "max_tokens")
+    for prompt in prompts:
+        n = generator.count_tokens(prompt)
+        if n + 1 > ctx:  # at least one token must fit after the prompt
+            raise APIError(400, f"the prompt has {n} tokens; the model's context is {ctx} tokens",
+                           "messages" if isinstance(prompt, list) else "prompt", "context_length_exceeded")  # fmt: skip
+    try:
+        return batcher.submit_many([(p, req.params(max_tokens)) for p in prompts])
+    except InputError as e:
+        raise APIError(400, str(e)) from e
+    except BudgetExceeded as e:
+        raise APIError(429, str(e), code="insufficient_quota", kind="insufficient_quota") from e
+
+
+def check_model(generator: Generator, model: str | None) -> None:
+    if model is not None and model != generator.name:
+        raise APIError(404, f"model '{model}' is not served here; this server serves '{generator.name}'", "model",
+                       "model_not_found")  # fmt: skip
+
+
+def envelope(prefix: str, kind: str, model: str, choices: list[dict], gens: list[Generation]) -> dict:
+    prompt_tokens = sum(g.prompt_tokens for g in gens)
+    completion_tokens = sum(g.completion_tokens for g in gens)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage}  # fmt: skip
+
+
+def key_checker(api_key: str | None):
+    """A dependency that accepts everything without a key, else only `Authorization: Bearer <key>`."""
+
+    def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        # constant-time comparison: response timing must not reveal how much of a guessed key was right
+        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    return check
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI error body; a malformed or invalid request is 400, as OpenAI answers."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0]
+        if err.get("type") == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "")
+            return APIError(400, f"malformed JSON body: {detail}".strip(), code="json_invalid").response()
+        loc = field_path(err.get("loc", ()))
+        message = f"{'.'.join(loc)}: {err['msg']}" if loc else str(err["msg"])
+        return APIError(400, message, loc[0] if loc else None, err.get("type")).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return APIError(e.status_code, str(e.detail), kind="invalid_request_error").response()
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return APIError(500, f"{type(e).__name__}: {e}", kind="server_error").response()
+
+
+def field_path(loc: tuple) -> list[str]:
+    """The request fields of a pydantic error location, without "body" and union tags such as "str".
+
+    Example:
+        >>> field_path(("body", "prompt", "list[constrained-str]", 0))
+        ['prompt', '0']
+    """
+    tags = {"body", "str", "int", "float", "bool", "list", "dict", "none"}
+    return [str(p) for p in loc if isinstance(p, int) or (str(p).isidentifier() and str(p) not in tags)]
+
+
+def serve_llm(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000,
+              api_key_env: str | None = "IRLM_API_KEY", batch_size: int = 8, device: str | None = None,
+              dtype: str = "auto") -> None:  # fmt: skip
+    """Load `model` in this process and serve it on host:port until interrupted.
+
+    The key, if any, is read from the environment variable `api_key_env` so it never shows in `ps`.
+
+    Example:
+        >>> serve_llm("smollm2-135m", port=8000)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    from irlm.models.generator.local import TransformersGenerator
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key is None and not is_loopback(host):
+        log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
+                    api_key_env or "IRLM_API_KEY")  # fmt: skip
+    generator = TransformersGenerator(model, device=device, dtype=dtype, batch_size=batch_size)
+    # a micro-batch of batch_size is one forward loop: larger ones only make early requests wait for later ones
+    app = build_app(generator, api_key=api_key, max_batch=batch_size)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
