@@ -300,6 +300,32 @@ def augment(
     print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
 
 
+@app.command()
+def prune(
+    config: Path | None = typer.Option(None, "--config", help="YAML of PruneConfig fields (see recipes/)."),
+    overrides: list[str] | None = SetOpt,
+) -> None:
+    """Structured L0 pruning of a Llama-family LLM to a target shape; writes a smaller transformers folder."""
+    from irlm.methods.drama.config import PruneConfig
+    from irlm.methods.drama.pretrain import prune as run_prune
+    from irlm.utils import load_config
+
+    run_prune(load_config(PruneConfig, config, overrides))
+
+
+@app.command()
+def pretrain(
+    config: Path | None = typer.Option(None, "--config", help="YAML of PretrainConfig fields."),
+    overrides: list[str] | None = SetOpt,
+) -> None:
+    """Continued next-token pretraining (recovery after pruning) on dataset corpora or text folders."""
+    from irlm.methods.drama.config import PretrainConfig
+    from irlm.methods.drama.pretrain import pretrain as run_pretrain
+    from irlm.utils import load_config
+
+    run_pretrain(load_config(PretrainConfig, config, overrides))
+
+
 @app.command("serve-llm")
 def serve_llm_cmd(
     model: str = typer.Option("smollm2-135m", "--model", help="Bundled name, hub id or folder to serve."),

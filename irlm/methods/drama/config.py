@@ -61,3 +61,48 @@ class RetrieverConfig:
     seed: int = 42
     save_every: int = 10
     device: str | None = None
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning to a target shape. The default shape is about a third of SmolLM2-135M's
+    non-embedding parameters (30 layers, hidden 576, 3 kv heads, intermediate 1536 -> 0.30x)."""
+
+    model: str = "smollm2-135m"
+    text: list[str] = field(default_factory=lambda: ["scifact", "nq-open-oracle", "cranfield"])  # LM text
+    output_dir: str = "runs/drama/prune"  # the pruned model is written to output_dir/final
+    layers: int = 20
+    hidden: int = 384
+    kv_heads: int = 2  # whole key/value groups go, with their query heads (GQA stays uniform)
+    intermediate: int = 1024
+    steps: int = 200
+    block_size: int = 256  # tokens per LM example
+    max_blocks: int = 0  # 0 = all the text
+    batch_size: int = 8
+    lr: float = 1e-4  # weights; Sheared-LLaMA prunes with 1e-4
+    mask_lr: float = 0.1  # mask logits and multipliers: 0.1 / 0.1 converged within 0.01 of every target
+    lambda_lr: float = 0.1  # on a tiny model in 200 steps (tests/integration/test_prune.py)
+    target_warmup: float = 0.5  # targets slide from full size to the final shape over this share of steps
+    init_keep: float = 0.95  # initial P(z != 0) of every gate
+    precision: str = "bf16"
+    seed: int = 42
+    save_every: int = 50
+    device: str | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Recovery: continued next-token pretraining of a pruned model (paper: after pruning, before InfoNCE)."""
+
+    model: str = "runs/drama/prune/final"
+    text: list[str] = field(default_factory=lambda: ["scifact", "nq-open-oracle", "cranfield"])
+    output_dir: str = "runs/drama/pretrain"  # the recovered model is written to output_dir/final
+    steps: int = 100
+    block_size: int = 256
+    max_blocks: int = 0
+    batch_size: int = 8
+    lr: float = 1e-4
+    precision: str = "bf16"
+    seed: int = 42
+    save_every: int = 50
+    device: str | None = None

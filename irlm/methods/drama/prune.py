@@ -232,7 +232,8 @@ class PruneTask:
         expected = self.masks.expected()
         penalty = lagrangian(expected, self.goal, self.lambdas)
         ((lm + penalty) * scale).backward()
-        return {"lm": lm.item(), "penalty": float(penalty), **{f"keep_{k}": v.item() for k, v in expected.items()}}
+        kept = {f"keep_{k}": v.item() for k, v in expected.items()}
+        return {"lm": lm.item(), "penalty": float(penalty.detach()), **kept}
 
     def save(self, folder) -> None:
         from safetensors.torch import save_file

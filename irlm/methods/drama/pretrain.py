@@ -1,0 +1,89 @@
+"""Entry points of DRAMA's backbone stages: prune to a target shape, then recover by LM pretraining.
+
+    irlm prune --config recipes/drama-prune-tiny.yaml
+    irlm pretrain --config recipes/drama-prune-tiny.yaml --set model=runs/drama/prune/final
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from irlm.data.text import iter_texts, pack_blocks
+from irlm.errors import InputError
+from irlm.methods.drama.config import PretrainConfig, PruneConfig
+from irlm.methods.drama.prune import PruneTask, Shape
+from irlm.models.resolve import resolve_model
+from irlm.train.lm import LMTask
+from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.utils import pick_device, write_json
+
+
+def non_embedding_params(model) -> int:
+    """Parameters outside the token embedding and LM head: what pruning shrinks and what costs compute."""
+    skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def load_lm(name: str, device: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+    return model.to(pick_device(device)), AutoTokenizer.from_pretrained(path)
+
+
+def _blocks(sources: list[str], tokenizer, block_size: int, max_blocks: int) -> list[list[int]]:
+    blocks = pack_blocks(iter_texts(sources), tokenizer, block_size, max_blocks or None)
+    if not blocks:
+        raise InputError(f"no {block_size}-token block of text in {', '.join(sources)}")
+    return blocks
+
+
+def _train(task, blocks, cfg, lr: float) -> list[dict]:
+    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=lr, batch_size=cfg.batch_size,
+                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
+    return Trainer(task, blocks, tc).fit()
+
+
+def prune(cfg: PruneConfig) -> dict:
+    """Learn the masks, export output_dir/final, and write summary.json (shapes and parameter counts)."""
+    init_distributed()
+    seed_everything(cfg.seed)
+    model, tok = load_lm(cfg.model, cfg.device)
+    target = Shape(cfg.layers, cfg.hidden, cfg.kv_heads, cfg.intermediate)
+    full = Shape.of(model.config)
+    if any(getattr(target, k) > getattr(full, k) for k in vars(full)):
+        raise InputError(f"target shape {target} is larger than the model's {full}")
+    before = non_embedding_params(model)
+    task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup)
+    history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
+    return _summary(cfg, "prune", history, before, Path(cfg.output_dir) / "final", full)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Continued next-token pretraining; output_dir/final is a plain transformers folder."""
+    init_distributed()
+    seed_everything(cfg.seed)
+    model, tok = load_lm(cfg.model, cfg.device)
+    history = _train(LMTask(model, tok), _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
+    return _summary(cfg, "pretrain", history, non_embedding_params(model), Path(cfg.output_dir) / "final")
+
+
+def _summary(cfg, stage: str, history: list[dict], before: int, final: Path, full: Shape | None = None) -> dict:
+    if world()[0] != 0:
+        return {}
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    small = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(final))
+    after = non_embedding_params(small)
+    out = {"stage": stage, "config": asdict(cfg), "model": str(final), "shape": asdict(Shape.of(small.config)),
+           "full_shape": asdict(full) if full else None, "non_embedding_params": after,
+           "non_embedding_params_before": before, "ratio": round(after / before, 4),
+           "final": history[-1] if history else None}  # fmt: skip
+    write_json(Path(cfg.output_dir) / "summary.json", out)
+    print(json.dumps({k: out[k] for k in ("stage", "model", "shape", "non_embedding_params", "ratio")}))
+    return out

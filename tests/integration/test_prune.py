@@ -1,0 +1,118 @@
+"""Structured pruning on tiny Llama and Qwen2 models: convergence to the targets, gradients, exact export."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from irlm.methods.drama.export import export_pruned
+from irlm.methods.drama.prune import PruneTask, Shape, StructuredMasks
+from irlm.train.loop import TrainConfig, Trainer
+
+SMALL = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "initializer_range": 0.2}  # fmt: skip
+TARGET = Shape(layers=2, hidden=16, kv_heads=1, intermediate=24)
+
+
+def tiny(kind: str, tie: bool = True):
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**SMALL, tie_word_embeddings=tie))
+    return LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=tie))
+
+
+def blocks(n=64, length=16):
+    rng = random.Random(0)
+    return [[rng.randrange(100) for _ in range(length)] for _ in range(n)]
+
+
+def test_expected_sizes_converge_to_the_targets(tmp_path):
+    task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1)
+    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=200, batch_size=8, precision="fp32", save_every=0,
+                      warmup_ratio=0.0)  # fmt: skip
+    trainer = Trainer(task, blocks(), cfg)
+    first = trainer.train_step()
+    for _ in range(199):
+        last = trainer.train_step()
+    assert all(first[f"keep_{k}"] > 0.9 for k in ("layers", "heads", "hidden", "intermediate"))
+    for k in ("layers", "heads", "hidden", "intermediate"):
+        assert abs(last[f"keep_{k}"] - 0.5) < 0.03, (k, last)
+
+
+def test_mask_parameters_receive_gradients():
+    task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1)
+    task.on_step(10, 10)  # targets at their final values, so the penalty has a gradient too
+    task.step(blocks(4))
+    for name, p in task.named_parameters():
+        if name.startswith(("masks.", "lambdas.")):
+            assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+@pytest.mark.parametrize("kind, tie", [("llama", True), ("llama", False), ("qwen2", False)])
+def test_exported_model_equals_the_masked_model(tmp_path, kind, tie):
+    model = tiny(kind, tie).eval()
+    masks = StructuredMasks(model)
+    with torch.no_grad():
+        for gate in masks.gates.values():
+            gate.log_alpha.normal_()  # an arbitrary, non-trivial selection
+    target = Shape(layers=3, hidden=20, kv_heads=1, intermediate=24)
+    masks.fix(target)
+    ids = torch.randint(0, 100, (3, 12))
+    with torch.no_grad():
+        masked = model(input_ids=ids).logits
+    export_pruned(model, masks, target, tmp_path / "small")
+    small = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+    with torch.no_grad():
+        exported = small(input_ids=ids).logits
+    torch.testing.assert_close(exported, masked, atol=2e-5, rtol=1e-5)
+    cfg = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_key_value_heads"], cfg["num_attention_heads"],
+            cfg["intermediate_size"]) == (3, 20, 1, 2, 24)  # fmt: skip
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters()) / 2
+
+
+def test_export_loads_without_irlm(tmp_path):
+    model = tiny("llama")
+    masks = StructuredMasks(model)
+    export_pruned(model, masks, TARGET, tmp_path / "small")
+    code = ("import sys; sys.modules['irlm'] = None\n"  # any import of irlm would now fail
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'small')!r})\n"
+            "print(m.config.num_hidden_layers, m.config.hidden_size)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["2", "16"]
+
+
+def test_prune_and_pretrain_commands(tmp_path, toy_beir):
+    """irlm prune, then irlm pretrain on the pruned folder, then the result works as an encoder."""
+    from transformers import AutoTokenizer
+
+    from irlm.models import LLMEncoder
+    from irlm.models.resolve import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**{**SMALL, "vocab_size": len(tok)})).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    common = ["--set", f"text=[{toy_beir}]", "--set", "block_size=8", "--set", "batch_size=2", "--set", "steps=3",
+              "--set", "precision=fp32"]  # fmt: skip
+    prune = [sys.executable, "-m", "irlm.cli", "prune", "--set", f"model={tmp_path / 'base'}", "--set",
+             f"output_dir={tmp_path / 'pruned'}", "--set", "layers=2", "--set", "hidden=16", "--set", "kv_heads=1",
+             "--set", "intermediate=24", *common]  # fmt: skip
+    res = subprocess.run(prune, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "pruned" / "summary.json").read_text())
+    assert summary["shape"] == {"layers": 2, "hidden": 16, "kv_heads": 1, "intermediate": 24}
+    assert summary["ratio"] < 0.3
+    pretrain = [sys.executable, "-m", "irlm.cli", "pretrain", "--set", f"model={tmp_path / 'pruned' / 'final'}",
+                "--set", f"output_dir={tmp_path / 'recovered'}", *common]  # fmt: skip
+    res = subprocess.run(pretrain, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    enc = LLMEncoder.from_pretrained(str(tmp_path / "recovered" / "final"), device="cpu", dtype="fp32")
+    assert enc.encode_queries(["a query"]).shape == (1, 16)
