@@ -4,6 +4,7 @@ Same model folder, same texts, same max length, same batch size, one process. Pr
 line; `ratio_*` > 1 means irlm is faster.
 
     python bench/encode.py --model minilm-l6 --docs 1000
+    python bench/encode.py --model runs/pruned/final --against smollm2-135m   # a pruned model vs its parent
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=None)
+    ap.add_argument("--against", default=None, help="Second model, also through irlm: ratio = model / against.")
+    ap.add_argument("--dtype", default="bf16", help="With --against: the dtype both models run in.")
     args = ap.parse_args()
+    if args.against:
+        return compare(args)
 
     from irlm.data import load_dataset
     from irlm.models import LLMEncoder
@@ -67,6 +72,28 @@ def main() -> None:
     result["ratio_defaults"] = round(result[f"irlm_{auto}_docs_per_s"] / result["st_fp32_docs_per_s"], 3)
     result["irlm_default_dtype"] = auto
     print(json.dumps(result))
+
+
+def compare(args) -> None:
+    """Two models through irlm on the same texts and settings, alternated twice to even out machine noise."""
+    from irlm.data import load_dataset
+    from irlm.models import LLMEncoder
+
+    texts = load_dataset(args.data).corpus.texts()[: args.docs]
+    encs = {name: LLMEncoder.from_pretrained(name, device="cpu", dtype=args.dtype, max_length=args.max_length or 128,
+                                             pooling="mean") for name in (args.model, args.against)}  # fmt: skip
+    secs = dict.fromkeys(encs, 0.0)
+    for _ in range(2):
+        for name, enc in encs.items():
+            secs[name] += timed(lambda t: enc.encode_corpus(t, batch_size=args.batch_size, progress=False), texts)
+    params = {n: sum(p.numel() for p in e.model.parameters()) for n, e in encs.items()}
+    print(json.dumps({"bench": "encode-compare", "model": args.model, "against": args.against, "data": args.data,
+                      "docs": len(texts), "dtype": args.dtype, "max_length": args.max_length or 128,
+                      "threads": torch.get_num_threads(), "model_params": params[args.model],
+                      "against_params": params[args.against],
+                      "model_docs_per_s": round(2 * len(texts) / secs[args.model], 2),
+                      "against_docs_per_s": round(2 * len(texts) / secs[args.against], 2),
+                      "ratio": round(secs[args.against] / secs[args.model], 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

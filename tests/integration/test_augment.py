@@ -105,7 +105,8 @@ def test_triplet_from_the_teacher(beir, tmp_path):
             return 1
 
         def generate(self, prompts, params=None):
-            replies = ['{"query": "q one", "positive": "a", "negative": "b"}', "no json"] * len(prompts)
+            assert prompts[0][-1] == {"role": "assistant", "content": '{"query": "'}  # the JSON's opening is prefilled
+            replies = ['q one", "positive": "a", "negative": "b"}', "no json"] * len(prompts)
             return [Generation(r, 1, 1) for r in replies[: len(prompts)]]
 
     c = cfg(beir, tmp_path, "triplet", n=6, retries=0)

@@ -218,7 +218,8 @@ class Augmenter:
 
     def triplet(self, units: list[str]) -> list[Outcome]:
         chats = [prompts.triplet_prompt(self.text(u), self.cfg.doc_words) for u in units]
-        parsed, invalid, raw = self.ask(chats, parse_triplet, self.cfg.max_new_tokens or 256)
+        parse = lambda text: parse_triplet(prompts.TRIPLET_PREFILL + text)  # noqa: E731
+        parsed, invalid, raw = self.ask(chats, parse, self.cfg.max_new_tokens or 256)
         out = []
         for u, p, bad, text in zip(units, parsed, invalid, raw):
             if p is None:

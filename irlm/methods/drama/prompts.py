@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PROMPT_VERSION = "drama-v2"  # v2: prefilled answers ("Question:", "["): v1 drew preambles from SmolLM2
+PROMPT_VERSION = "drama-v2"  # v2: prefilled answers ("Question:", "[", '{"query": "'): v1 drew preambles
 
 
 def _words(text: str, n: int) -> str:
@@ -32,11 +32,16 @@ def rerank_prompt(query: str, passages: list[str], words: int = 60) -> list[dict
             {"role": "assistant", "content": "["}]  # fmt: skip
 
 
+TRIPLET_PREFILL = '{"query": "'
+
+
 def triplet_prompt(passage: str, words: int = 200) -> list[dict]:
-    """Synthetic triplets (paper §2, augmentation 4): the teacher writes all three texts."""
+    """Synthetic triplets (paper §2, augmentation 4): the teacher writes all three texts. The reply is
+    prefilled with the JSON's opening, so the parser sees TRIPLET_PREFILL + the generated text."""
     return [{"role": "user", "content": (
         "Here is a passage that sets a topic:\n\n"
         f"{_words(passage, words)}\n\n"
         "Write a search query on this topic, a passage that answers it, and a passage that looks related "
         "but does not answer it. Reply with JSON only: "
-        '{"query": "...", "positive": "...", "negative": "..."}')}]  # fmt: skip
+        '{"query": "...", "positive": "...", "negative": "..."}')},
+            {"role": "assistant", "content": TRIPLET_PREFILL}]  # fmt: skip
