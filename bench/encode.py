@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=None)
     ap.add_argument("--against", default=None, help="Second model, also through irlm: ratio = model / against.")
     ap.add_argument("--dtype", default="bf16", help="With --against: the dtype both models run in.")
+    ap.add_argument("--device", default="cpu", help="With --against: cpu or cuda.")
     args = ap.parse_args()
     if args.against:
         return compare(args)
@@ -80,15 +81,15 @@ def compare(args) -> None:
     from irlm.models import LLMEncoder
 
     texts = load_dataset(args.data).corpus.texts()[: args.docs]
-    encs = {name: LLMEncoder.from_pretrained(name, device="cpu", dtype=args.dtype, max_length=args.max_length or 128,
-                                             pooling="mean") for name in (args.model, args.against)}  # fmt: skip
+    opts = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length or 128, "pooling": "mean"}
+    encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
     secs = dict.fromkeys(encs, 0.0)
     for _ in range(2):
         for name, enc in encs.items():
             secs[name] += timed(lambda t: enc.encode_corpus(t, batch_size=args.batch_size, progress=False), texts)
     params = {n: sum(p.numel() for p in e.model.parameters()) for n, e in encs.items()}
     print(json.dumps({"bench": "encode-compare", "model": args.model, "against": args.against, "data": args.data,
-                      "docs": len(texts), "dtype": args.dtype, "max_length": args.max_length or 128,
+                      "docs": len(texts), "device": args.device, "dtype": args.dtype, "max_length": opts["max_length"],
                       "threads": torch.get_num_threads(), "model_params": params[args.model],
                       "against_params": params[args.against],
                       "model_docs_per_s": round(2 * len(texts) / secs[args.model], 2),

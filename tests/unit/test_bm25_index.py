@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -108,3 +110,15 @@ def test_query_of_stopwords_or_unseen_words_returns_nothing():
     idx.add(["a", "b"], ["the cat sat on the mat", "dogs bark loudly"])
     run = idx.search({"empty": "", "stop": "what is it?", "unseen": "zebra quasar"}, k=5)
     assert run == {"empty": {}, "stop": {}, "unseen": {}}
+
+
+def test_importing_bm25_keeps_jax_from_reserving_the_gpu():
+    # bm25s imports jax when present; jax's default reserves 75 % of GPU memory, which starved
+    # the retriever trained next in the same process (out of memory at step 0 on an H100).
+    code = "import os; import irlm.index.bm25; print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "false"
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true"  # a user's own setting wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "true"
