@@ -341,6 +341,79 @@ def serve_llm_cmd(
     serve_llm(model=model, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device)
 
 
+sr_app = typer.Typer(no_args_is_help=True,
+                     help="Self-Retrieval: one LLM memorises the corpus, retrieves, judges and answers.")
+app.add_typer(sr_app, name="selfretrieval")
+
+
+@sr_app.command("train")
+def sr_train(
+    config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
+    overrides: list[str] | None = SetOpt,
+) -> None:
+    """Indexing + retrieval + self-assessment training, then Hits@1/5, MRR@5 and answer EM on eval_split."""
+    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+    from irlm.methods.selfretrieval.train import train
+    from irlm.utils import load_config
+
+    train(load_config(SelfRetrievalConfig, config, overrides))
+
+
+def _self_retriever(model: Path, data: str | None, device: str | None):
+    from irlm.data import load_dataset
+    from irlm.methods.selfretrieval.retriever import CONFIG_FILE, SelfRetriever
+
+    if not (model / CONFIG_FILE).is_file():
+        raise InputError(f"{model} is not a Self-Retrieval model folder (no {CONFIG_FILE}; "
+                         "see `irlm selfretrieval train`)")
+    import json as _json
+
+    data = data or _json.loads((model / CONFIG_FILE).read_text())["data"]
+    return SelfRetriever.load(model, load_dataset(data).corpus, device), data
+
+
+@sr_app.command("search")
+def sr_search(
+    model: Path = typer.Option(..., "--model", help="output_dir/final of `irlm selfretrieval train`."),
+    query: str | None = typer.Option(None, "--query", "-q", help="One query; prints the ranked passages."),
+    data: str | None = typer.Option(None, "--data", help="Corpus [default: the one it was trained on]."),
+    split: str = typer.Option("test", help="With --out: the split whose judged queries are searched."),
+    k: int = typer.Option(10, help="Results per query."),
+    out: Path | None = typer.Option(None, "--out", help="TREC run file to write for all queries of --split."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Trie-constrained retrieval with self-assessment scores."""
+    retriever, data = _self_retriever(model, data, device)
+    if query is not None:
+        for rank, c in enumerate(retriever.candidates(query)[:k], start=1):
+            print(f"{rank}\t{c.doc_id}\t{c.score:.4f}\t{retriever.tokenizer.decode(c.entry)[:80]!r}")
+        return
+    if not out:
+        raise InputError("give --query, or --out to write a run file")
+    from irlm.data import load_dataset
+    from irlm.eval import write_trec
+
+    write_trec(retriever.search(load_dataset(data).split_queries(split), k), out)
+    err.print(f"wrote {out}")
+
+
+@sr_app.command("answer")
+def sr_answer(
+    model: Path = typer.Option(..., "--model", help="output_dir/final of `irlm selfretrieval train`."),
+    query: str = typer.Option(..., "--query", "-q"),
+    data: str | None = typer.Option(None, "--data", help="Corpus [default: the one it was trained on]."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Retrieve, judge, then answer from the top passage; prints JSON."""
+    retriever, _ = _self_retriever(model, data, device)
+    cands = retriever.candidates(query)
+    if not cands:
+        raise InputError("no passage was retrieved")
+    top = cands[0]
+    print(json.dumps({"query": query, "answer": retriever.answer(query, top), "doc_id": top.doc_id,
+                      "score": round(top.score, 4), "reject": top.reject}))  # fmt: skip
+
+
 @app.command()
 def mine(
     data: str = DataOpt,

@@ -88,6 +88,20 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lm_dir(llama_dir, tmp_path_factory) -> Path:
+    """llama_dir holds a bare LlamaModel, whose lm_head each loading process would draw afresh at random;
+    a saved causal LM with the same config and tokenizer gives the server and this process the same weights."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama-lm")
+    LlamaForCausalLM(AutoConfig.from_pretrained(llama_dir)).save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(llama_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT with all-MiniLM-L6-v2's tokenizer, saved as a transformers folder."""
     import torch

@@ -49,20 +49,6 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 9
 
 
 @pytest.fixture(scope="module")
-def lm_dir(llama_dir, tmp_path_factory) -> Path:
-    """llama_dir holds a bare LlamaModel, whose lm_head each loading process would draw afresh at random;
-    a saved causal LM with the same config and tokenizer gives the server and this process the same weights."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama-lm")
-    LlamaForCausalLM(AutoConfig.from_pretrained(llama_dir)).save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(llama_dir).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def server(lm_dir, tmp_path_factory):
     """Base URL of `serve_llm` on lm_dir, requiring KEY; the key is set in this process's environment."""
     port = free_port()

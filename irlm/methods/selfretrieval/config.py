@@ -1,0 +1,39 @@
+"""Settings of Self-Retrieval (Tang et al., NeurIPS 2024); "paper" is METHODS.md §3 and ../shared/seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SelfRetrievalConfig:
+    model: str = "smollm2-135m"
+    data: str = "nq-open-oracle"  # BEIR folder with titles; answers.jsonl beside it enables answering
+    train_split: str = "train"
+    eval_split: str = "test"
+    output_dir: str = "runs/selfretrieval"
+    # training data (paper: indexing, retrieval, self-assessment, answers)
+    indexing: bool = True  # sentence -> whole passage over the whole corpus (ablation: False)
+    titles: bool = True  # generate the title, then the passage (ablation: passages only)
+    assessment: bool = True  # "can answer" / "cannot answer" pairs, answers after the positive ones
+    index_sentences: int = 2  # sentences per passage used as indexing prompts
+    assessment_negatives: int = 1  # BM25's best non-gold passages per train question
+    max_passage_tokens: int = 64  # passages are learned and matched on their first N tokens
+    max_prompt_tokens: int = 64
+    # training (the shared loop)
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-4
+    precision: str = "bf16"
+    save_every: int = 100
+    seed: int = 42
+    # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
+    title_beams: int = 5
+    passage_beams: int = 10
+    tau: float = 0.4
+    delta: float = 0.4
+    max_title_tokens: int = 32
+    max_answer_tokens: int = 16
+    eval_limit: int = 0  # > 0: the first N eval questions (CPU budgets)
+    batch_queries: int = 8
+    device: str | None = None

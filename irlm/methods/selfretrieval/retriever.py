@@ -1,0 +1,126 @@
+"""SelfRetriever: one causal LM that retrieves by trie-constrained generation, judges and answers.
+
+It implements the Retriever protocol (search -> Run), so evaluation, fusion and serving are the
+shared ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from irlm.index.trie import TokenTrie
+from irlm.methods.selfretrieval import decode
+from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+from irlm.methods.selfretrieval.data import QUERY_PROMPT, Format
+from irlm.types import Corpus, Queries, Run
+
+CONFIG_FILE = "selfretrieval.json"
+
+
+@dataclass
+class Candidate:
+    doc_id: str
+    entry: list[int]  # the generated tokens: title, separator, passage (or the passage alone)
+    logprob: float  # log P(t | q) + log P(p | q, t), copied tokens excluded
+    reject: float | None = None
+    score: float = 0.0
+
+
+class SelfRetriever:
+    kind = "selfretrieval"
+
+    def __init__(self, model, tokenizer, corpus: Corpus, cfg: SelfRetrievalConfig):
+        self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
+        self.fmt = Format(tokenizer, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos
+        self._index(corpus)
+
+    def _index(self, corpus: Corpus) -> None:
+        """Title trie (titles + separator) and, under each title, its passages; or one passage trie."""
+        fmt = self.fmt
+        self.under: dict[tuple, list[tuple[str, list[int]]]] = {}
+        for doc in corpus.docs:
+            key = tuple(fmt.title(doc.title) + [fmt.sep]) if fmt.titles else ()
+            self.under.setdefault(key, []).append((doc.id, fmt.passage(doc.text)))
+        if fmt.titles:
+            self.trie = TokenTrie.build([list(k) for k in self.under])
+            self.stop = fmt.sep
+        else:
+            docs = self.under[()]
+            self.trie = TokenTrie.build([p + [fmt.eos] for _, p in docs], keys=[d for d, _ in docs])
+            self.stop = fmt.eos
+
+    @classmethod
+    def load(cls, folder, corpus: Corpus, device: str | None = None) -> SelfRetriever:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from irlm.utils import pick_device
+
+        cfg = SelfRetrievalConfig(**json.loads((Path(folder) / CONFIG_FILE).read_text()))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(device))
+        return cls(model, AutoTokenizer.from_pretrained(folder), corpus, cfg)
+
+    def save(self, folder) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
+
+    def candidates(self, query: str, beams: int | None = None) -> list[Candidate]:
+        """Titles by constrained beam search, then passages under each title, then self-assessment."""
+        beams = beams or (self.cfg.title_beams if self.fmt.titles else self.cfg.passage_beams)
+        prompt = self.fmt.prompt(QUERY_PROMPT, query)
+        found = decode.constrained_beams(self.model, [prompt], self.trie, self.stop, beams,
+                                         self.cfg.max_title_tokens if self.fmt.titles else
+                                         self.cfg.max_passage_tokens + 1, self.pad)[0]  # fmt: skip
+        cands = self._passages(prompt, found) if self.fmt.titles else self._whole(found)
+        if self.cfg.assessment and cands:
+            prompts = [self.fmt.assessment_prompt(query, c.entry) for c in cands]
+            for c, r in zip(cands, decode.reject_probs(self.model, prompts, self.fmt.yes, self.fmt.no, self.pad)):
+                c.reject = r
+        rejects = [c.reject for c in cands] if self.cfg.assessment else None
+        for c, s in zip(cands, decode.combine([c.logprob for c in cands], rejects, self.cfg.tau, self.cfg.delta)):
+            c.score = s
+        return sorted(cands, key=lambda c: -c.score)
+
+    def _whole(self, found) -> list[Candidate]:
+        out = []
+        for seq, logprob in found:
+            # passages equal on their first max_passage_tokens are one entry: each of them is a candidate
+            out += [Candidate(key, seq[:-1], logprob) for key in self.trie.keys_under(seq)]
+        return out
+
+    def _passages(self, prompt: list[int], titles) -> list[Candidate]:
+        """P(p | q, t) by teacher forcing up to where each passage differs from its siblings; a title
+        holds few passages (at most 4 in nq-open-oracle), so this is the exhaustive version of the
+        paper's per-title beam search, cut to the best `passage_beams`."""
+        out = []
+        for title, title_logprob in titles:
+            docs = self.under.get(tuple(title), [])
+            lengths = decode.distinguishing_lengths([p for _, p in docs])
+            conts = [p[:n] for (_, p), n in zip(docs, lengths)]
+            scores = decode.sequence_logprobs(self.model, [prompt + title] * len(docs), conts, self.pad)
+            ranked = sorted(zip(docs, scores), key=lambda x: -x[1])[: self.cfg.passage_beams]
+            out += [Candidate(d, title + p, title_logprob + s) for (d, p), s in ranked]
+        return out
+
+    def search(self, queries: Queries, k: int = 100) -> Run:
+        run: Run = {}
+        for qid, text in tqdm(queries.items(), desc="self-retrieval", disable=len(queries) < 8):
+            run[qid] = {c.doc_id: c.score for c in self.candidates(text)[:k]}
+        return run
+
+    @torch.inference_mode()
+    def answer(self, query: str, cand: Candidate) -> str:
+        """The answer the model writes after judging the candidate relevant (trained as yes + answer)."""
+        fmt = self.fmt
+        prompt = fmt.assessment_prompt(query, cand.entry) + [fmt.yes] + fmt.answer_prefix
+        ids, mask = decode.left_pad([prompt], self.pad, self.model.device)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=self.pad,
+                                  max_new_tokens=self.cfg.max_answer_tokens,
+                                  eos_token_id=[fmt.eos, fmt.sep])  # an answer ends at the line's end
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -1,0 +1,113 @@
+"""Train Self-Retrieval through the shared loop, then score retrieval and answers (METHODS.md §3).
+
+    irlm selfretrieval train --config recipes/selfretrieval-nq-tiny.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from irlm.data import load_dataset
+from irlm.data.registry import resolve_dataset
+from irlm.eval import evaluate
+from irlm.methods.selfretrieval import data
+from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+from irlm.methods.selfretrieval.retriever import SelfRetriever
+from irlm.train.lm import SFTTask
+from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.utils import pick_device, write_json
+
+METRICS = ("hits@1", "hits@5", "mrr@5")
+
+
+def build_examples(cfg: SelfRetrievalConfig, ds, fmt: data.Format) -> tuple[list, dict[str, int]]:
+    """The training mix: indexing over the whole corpus, retrieval and assessment on train questions."""
+    queries, qrels = ds.split_queries(cfg.train_split), ds.qrels[cfg.train_split]
+    parts = {"retrieval": data.retrieval_examples(queries, qrels, ds.corpus, fmt)}
+    if cfg.indexing:
+        parts["indexing"] = data.indexing_examples(ds.corpus, fmt, cfg.index_sentences, cfg.seed)
+    if cfg.assessment:
+        from irlm.index import BM25Retriever
+
+        run = BM25Retriever.build(ds.corpus).search(queries, k=cfg.assessment_negatives + 5)
+        negatives = data.hard_negatives(run, qrels, cfg.assessment_negatives, ds.corpus.ids, cfg.seed)
+        answers = data.read_answers(resolve_dataset(cfg.data))
+        parts["assessment"] = data.assessment_examples(queries, qrels, ds.corpus, fmt, negatives, answers)
+    return [ex for part in parts.values() for ex in part], {k: len(v) for k, v in parts.items()}
+
+
+def load_model(name: str, device: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from irlm.models.resolve import resolve_model
+
+    path = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(pick_device(device)), AutoTokenizer.from_pretrained(path)
+
+
+def train(cfg: SelfRetrievalConfig) -> dict:
+    """Train, save output_dir/final (model + selfretrieval.json), evaluate; writes results.json."""
+    init_distributed()
+    seed_everything(cfg.seed)
+    ds = load_dataset(cfg.data)
+    model, tok = load_model(cfg.model, cfg.device)
+    fmt = data.Format(tok, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
+    examples, counts = build_examples(cfg, ds, fmt)
+    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
+    history = Trainer(SFTTask(model, tok), examples, tc).fit() if cfg.steps else []
+    if world()[0] != 0:
+        return {}
+    retriever = SelfRetriever(model, tok, ds.corpus, cfg)
+    final = Path(cfg.output_dir) / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    retriever.save(final)
+    results = {"config": asdict(cfg), "examples": counts, "final_loss": history[-1] if history else None,
+               **evaluate_selfretrieval(retriever, ds, cfg)}  # fmt: skip
+    write_json(Path(cfg.output_dir) / "results.json", results)
+    print(json.dumps({"method": "selfretrieval", "output_dir": cfg.output_dir, **results["metrics"]}))
+    return results
+
+
+def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig) -> dict:
+    """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1."""
+    queries = ds.split_queries(cfg.eval_split)
+    if cfg.eval_limit:
+        queries = dict(list(queries.items())[: cfg.eval_limit])
+    qrels = {q: ds.qrels[cfg.eval_split][q] for q in queries}
+    answers = data.read_answers(resolve_dataset(cfg.data))
+    run, em = {}, []
+    for qid, text in _progress(queries):
+        cands = retriever.candidates(text)
+        run[qid] = {c.doc_id: c.score for c in cands}
+        if answers.get(qid) and cands:
+            em.append(exact_match(retriever.answer(text, cands[0]), answers[qid]))
+    metrics = {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()}
+    if em:
+        metrics["answer_em"] = round(sum(em) / len(em), 4)
+    return {"metrics": metrics, "eval_queries": len(queries)}
+
+
+def _progress(queries: dict):
+    from tqdm.auto import tqdm
+
+    return tqdm(queries.items(), desc="self-retrieval eval", total=len(queries))
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: list[str]) -> bool:
+    pred = normalize_answer(prediction)
+    return any(pred == normalize_answer(g) for g in golds)

@@ -1,0 +1,175 @@
+"""Self-Retrieval on a tiny random causal LM: formats, constrained decoding, scores, training, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import write_beir, write_jsonl
+
+from irlm.index.trie import TokenTrie
+from irlm.methods.selfretrieval import decode
+from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+from irlm.methods.selfretrieval.data import (
+    Format,
+    assessment_examples,
+    hard_negatives,
+    indexing_examples,
+    retrieval_examples,
+    sentences,
+)
+from irlm.types import Corpus, Document
+
+DOCS = [
+    {"_id": "p0", "title": "Nile", "text": "The Nile is a river in Africa. It flows north into the sea."},
+    {"_id": "p1", "title": "Sourdough", "text": "Sourdough bread uses a wild yeast starter. It rises slowly."},
+    {"_id": "p2", "title": "Qubit", "text": "A qubit is the unit of quantum information. It can be in superposition."},
+    {"_id": "p3", "title": "Nile", "text": "The Nile delta is wide and green. Farmers grow cotton there."},
+]
+QUERIES = [{"_id": "q0", "text": "which river flows north in africa"}, {"_id": "q1", "text": "what makes bread rise"},
+           {"_id": "q2", "text": "unit of quantum information"}, {"_id": "q3", "text": "what grows in the nile delta"}]
+QRELS = {"train": [("q0", "p0", 1), ("q1", "p1", 1)], "test": [("q2", "p2", 1), ("q3", "p3", 1)]}
+ANSWERS = [{"_id": "q0", "answers": ["Nile"]}, {"_id": "q1", "answers": ["a starter"]},
+           {"_id": "q2", "answers": ["qubit"]}, {"_id": "q3", "answers": ["cotton"]}]
+
+
+@pytest.fixture(scope="module")
+def tok(lm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(lm_dir)
+
+
+@pytest.fixture(scope="module")
+def model(lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def beir(tmp_path):
+    folder = write_beir(tmp_path / "wiki", DOCS, QUERIES, QRELS)
+    write_jsonl(folder / "answers.jsonl", ANSWERS)
+    return folder
+
+
+def corpus() -> Corpus:
+    return Corpus([Document(d["_id"], d["text"], d["title"]) for d in DOCS])
+
+
+def test_entries_are_separately_tokenised_pieces(tok):
+    fmt = Format(tok, max_passage_tokens=5)
+    entry = fmt.entry("Nile", DOCS[0]["text"])
+    assert entry == fmt.ids(" Nile") + [fmt.sep] + fmt.ids(" " + DOCS[0]["text"])[:5]
+    assert Format(tok, 5, titles=False).entry("Nile", DOCS[0]["text"]) == entry[len(fmt.ids(" Nile")) + 1 :]
+    prompt = fmt.prompt("Question: {}\nSource:", "word " * 200)
+    assert len(prompt) == 64 and tok.decode(prompt).endswith("Source:")  # the end survives truncation
+
+
+def test_training_example_builders(tok):
+    fmt = Format(tok)
+    assert sentences("Short. The Nile is long. Yes it is long.") == ["Short. The Nile is long.", "Yes it is long."]
+    idx = indexing_examples(corpus(), fmt, per_passage=2, seed=0)
+    assert len(idx) == 8 and all(t[-1] == fmt.eos for _, t in idx)
+    assert idx[0][1] == fmt.entry("Nile", DOCS[0]["text"]) + [fmt.eos]
+    queries = {q["_id"]: q["text"] for q in QUERIES}
+    qrels = {"q0": {"p0": 1}, "q1": {"p1": 1}}
+    ret = retrieval_examples(queries, qrels, corpus(), fmt)
+    assert [tok.decode(p).startswith("Question: which river") for p, _ in ret] == [True, False]
+    negs = hard_negatives({"q0": {"p0": 3.0, "p3": 2.0, "p2": 1.0}, "q1": {"p2": 2.0, "p1": 1.0}}, qrels, 1)
+    assert negs == {"q0": ["p3"], "q1": ["p2"]}
+    answers = {"q0": ["Nile"]}
+    ass = assessment_examples(queries, qrels, corpus(), fmt, negs, answers)
+    verdicts = [(t[0], tok.decode(t[1:-1])) for _, t in ass]
+    assert verdicts == [(fmt.yes, "\nAnswer: Nile"), (fmt.no, ""), (fmt.yes, ""), (fmt.no, "")]
+    assert all(p[-len(fmt.assess) :] == fmt.assess for p, _ in ass)
+
+
+def test_constrained_beams_return_only_trie_entries(model, tok):
+    fmt = Format(tok)
+    titles = [fmt.title(t) + [fmt.sep] for t in ("Nile river", "Nile delta", "Sourdough", "Quantum bit")]
+    trie = TokenTrie.build(titles)
+    prompts = [fmt.prompt("Question: {}\nSource:", q) for q in ("river", "bread starter yeast")]
+    found = decode.constrained_beams(model, prompts, trie, fmt.sep, beams=3, max_new_tokens=12, pad_id=fmt.eos)
+    for hits in found:
+        assert 1 <= len(hits) <= 3
+        assert all(seq in titles for seq, _ in hits)
+        assert len({tuple(s) for s, _ in hits}) == len(hits)
+        assert all(math.isfinite(s) and s <= 0 for _, s in hits)
+    # the reference: an unconstrained teacher-forced log-probability of each returned title,
+    # where tokens after the prefix became unique are copied (log-probability 0, not scored)
+    seq, score = found[0][0]
+    shared = max(decode._common_prefix(seq, t) for t in titles if t != seq)
+    scored = seq[: shared + 1]
+    ref = decode.sequence_logprobs(model, [prompts[0]], [scored], fmt.eos)[0]
+    assert score == pytest.approx(ref, abs=1e-4)
+
+
+def test_single_entry_is_copied_at_no_cost(model, tok):
+    fmt = Format(tok)
+    only = fmt.title("Sourdough bread") + [fmt.sep]
+    found = decode.constrained_beams(model, [fmt.prompt("Question: {}\nSource:", "x")], TokenTrie.build([only]),
+                                     fmt.sep, beams=2, max_new_tokens=12, pad_id=fmt.eos)  # fmt: skip
+    assert found == [[(only, 0.0)]]
+
+
+def test_sequence_logprobs_match_an_unpadded_reference(model, tok):
+    contexts, conts = [[5, 6, 7, 8, 9], [11, 12]], [[20, 21], [30, 31, 32]]
+    got = decode.sequence_logprobs(model, contexts, conts, tok.eos_token_id)
+    for ctx, cont, value in zip(contexts, conts, got):
+        ids = torch.tensor([ctx + cont])
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+        ref = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert value == pytest.approx(ref, abs=1e-4)
+
+
+def test_scores_follow_the_paper_formula():
+    assert decode.distinguishing_lengths([[1, 2, 3], [1, 2, 4], [5, 6]]) == [3, 3, 1]
+    logp, reject = [math.log(0.6), math.log(0.3)], [0.9, 0.1]
+    got = decode.combine(logp, reject, 0.4, 0.4)
+    a = torch.softmax(torch.tensor([0.6, 0.3]) / 0.4, 0)
+    b = torch.softmax(torch.tensor([0.1, 0.9]) / 0.4, 0)
+    assert got == pytest.approx((a * b).tolist(), abs=1e-6)
+    assert got[1] > got[0]  # the judged-relevant candidate overtakes the likelier title
+    assert decode.combine(logp, None, 0.4, 0.4) == pytest.approx(a.tolist(), abs=1e-6)
+
+
+def test_train_search_answer_end_to_end(lm_dir, beir, tmp_path):
+    from irlm.methods.selfretrieval.train import train
+
+    out = tmp_path / "sr"
+    cfg = SelfRetrievalConfig(model=str(lm_dir), data=str(beir), output_dir=str(out), steps=3, batch_size=4,
+                              save_every=0, title_beams=2, passage_beams=2, device="cpu")  # fmt: skip
+    res = train(cfg)
+    assert res["examples"] == {"retrieval": 2, "indexing": 8, "assessment": 4}
+    assert set(res["metrics"]) == {"hits@1", "hits@5", "mrr@5", "answer_em"} and res["eval_queries"] == 2
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"] == res["metrics"]
+    cmd = [sys.executable, "-c", "from irlm.cli import run; run()", "selfretrieval", "search",
+           "--model", str(out / "final"), "--data", str(beir), "-q", "nile delta farming", "--k", "3"]  # fmt: skip
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    assert 1 <= len(lines) <= 3
+    ids = [line.split("\t")[1] for line in lines]
+    assert set(ids) <= {"p0", "p1", "p2", "p3"} and len(set(ids)) == len(ids)
+    scores = [float(line.split("\t")[2]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_memorised_titles_are_retrieved(lm_dir, beir, tmp_path):
+    """Trained long enough on retrieval pairs, the tiny model retrieves the gold passage for them."""
+    from irlm.data import load_dataset
+    from irlm.methods.selfretrieval.retriever import SelfRetriever
+    from irlm.methods.selfretrieval.train import train
+
+    cfg = SelfRetrievalConfig(model=str(lm_dir), data=str(beir), output_dir=str(tmp_path / "m"), steps=60,
+                              batch_size=8, lr=3e-3, save_every=0, indexing=False, assessment=False,
+                              train_split="train", eval_split="train", title_beams=3, device="cpu")  # fmt: skip
+    res = train(cfg)
+    assert res["metrics"]["hits@1"] == 1.0
+    sr = SelfRetriever.load(tmp_path / "m" / "final", load_dataset(str(beir)).corpus)
+    assert next(iter(sr.search({"q": QUERIES[1]["text"]}, k=1)["q"])) == "p1"
