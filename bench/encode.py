@@ -5,6 +5,7 @@ line; `ratio_*` > 1 means irlm is faster.
 
     python bench/encode.py --model minilm-l6 --docs 1000
     python bench/encode.py --model runs/pruned/final --against smollm2-135m   # a pruned model vs its parent
+    python bench/encode.py --model shape:20,384,2,1024 --against smollm2-135m  # a pruning target, before pruning
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def compare(args) -> None:
     from irlm.models import LLMEncoder
 
     texts = load_dataset(args.data).corpus.texts()[: args.docs]
+    label = args.model
+    if args.model.startswith("shape:"):
+        args.model = shaped(args.against, args.model[len("shape:") :])
     opts = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length or 128, "pooling": "mean"}
     encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
     secs = dict.fromkeys(encs, 0.0)
@@ -88,13 +92,35 @@ def compare(args) -> None:
         for name, enc in encs.items():
             secs[name] += timed(lambda t: enc.encode_corpus(t, batch_size=args.batch_size, progress=False), texts)
     params = {n: sum(p.numel() for p in e.model.parameters()) for n, e in encs.items()}
-    print(json.dumps({"bench": "encode-compare", "model": args.model, "against": args.against, "data": args.data,
+    print(json.dumps({"bench": "encode-compare", "model": label, "against": args.against, "data": args.data,
                       "docs": len(texts), "device": args.device, "dtype": args.dtype, "max_length": opts["max_length"],
                       "threads": torch.get_num_threads(), "model_params": params[args.model],
                       "against_params": params[args.against],
                       "model_docs_per_s": round(2 * len(texts) / secs[args.model], 2),
                       "against_docs_per_s": round(2 * len(texts) / secs[args.against], 2),
                       "ratio": round(secs[args.against] / secs[args.model], 3)}))  # fmt: skip
+
+
+def shaped(parent: str, shape: str) -> str:
+    """A random-weight copy of `parent` at layers,hidden,kv_heads,intermediate: speed depends on the
+    shape alone, so a pruning target can be timed before any pruning is done."""
+    import tempfile
+
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from irlm.models.resolve import resolve_model
+
+    layers, hidden, kv, inter = (int(x) for x in shape.split(","))
+    path = resolve_model(parent)
+    cfg = AutoConfig.from_pretrained(path)
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    cfg.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = layers, hidden, inter
+    cfg.num_key_value_heads, cfg.num_attention_heads = kv, kv * group
+    folder = tempfile.mkdtemp(prefix=f"shape-{layers}-{hidden}-")
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path).save_pretrained(folder)
+    return folder
 
 
 if __name__ == "__main__":

@@ -444,6 +444,35 @@ def mine(
     err.print(f"wrote {len(examples)} examples to {out}")
 
 
+@app.command("run")
+def run_cmd(
+    recipe: Path = typer.Argument(..., help="Pipeline recipe YAML with named stages (see recipes/quickstart.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Ignore finished stages and run everything again."),
+) -> None:
+    """Run a recipe's stages into one run directory; finished, unchanged stages are skipped."""
+    from irlm.pipeline import run_pipeline
+    from irlm.report import headline, metric_rows
+
+    state = run_pipeline(recipe, force=force)
+    table = Table("system", "data", "metric", "value")
+    for row in metric_rows(state):
+        if headline(row):
+            name, value = headline(row)
+            table.add_row(str(row["system"]), row["data"], name, f"{value:.4f}")
+    err.print(table)
+    for rec in state.values():
+        if rec["kind"] == "report":
+            print(rec["result"]["report"])
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory written by `irlm run`.")) -> None:
+    """Write report.md, report.json and PNG charts for a run directory; prints the report's path."""
+    from irlm.report import write_report
+
+    print(write_report(run_dir))
+
+
 def run() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback.
 

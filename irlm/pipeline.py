@@ -1,0 +1,212 @@
+"""`irlm run RECIPE`: named stages into one run directory, cached by config hash and resumable.
+
+A recipe lists stages in order; each has a `name`, a `kind` (data, augment, prune, pretrain,
+train, index, eval, report) and its settings. `${name}` in a setting is the folder of an earlier
+stage, so `model: ${prune}/final` feeds one stage's output to the next:
+
+    run_dir: runs/quickstart
+    stages:
+      - {name: bm25, kind: eval, data: scifact, retriever: bm25}
+      - {name: anchor, kind: train, method: anchor, config: recipes/anchor-scifact-tiny.yaml}
+      - {name: report, kind: report}
+
+Each stage's hash covers its settings and the hash of the stage before it, so a changed stage
+re-runs with every stage after it. A stage is recorded in `state.json` only when it finishes; a
+killed run starts again at the first unrecorded stage, and stages that keep checkpoints in their
+folder (training, augmentation) resume inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from irlm.errors import InputError
+from irlm.utils import write_json
+
+log = logging.getLogger(__name__)
+STATE = "state.json"
+REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
+
+
+def stage_hash(stage: dict, previous: str) -> str:
+    text = json.dumps(stage, sort_keys=True) + previous
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no recipe at {path}")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    stages = recipe.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise InputError(f"{path}: 'stages' must be a non-empty list")
+    names = set()
+    for n, st in enumerate(stages, 1):
+        if not isinstance(st, dict) or "name" not in st or "kind" not in st:
+            raise InputError(f"{path}: stage {n} needs a 'name' and a 'kind'")
+        if st["kind"] not in STAGES:
+            raise InputError(f"{path}: stage '{st['name']}' has unknown kind '{st['kind']}' "
+                             f"(known: {', '.join(sorted(STAGES))})")  # fmt: skip
+        if st["name"] in names:
+            raise InputError(f"{path}: two stages are named '{st['name']}'")
+        names.add(st["name"])
+    return Path(recipe.get("run_dir", f"runs/{path.stem}")), stages
+
+
+def resolve_refs(value, folders: dict[str, Path]):
+    """`${name}` -> the folder of that earlier stage, inside strings, lists and dicts."""
+    if isinstance(value, str):
+        def sub(m):
+            if m.group(1) not in folders:
+                raise InputError(f"'${{{m.group(1)}}}' names no earlier stage")
+            return str(folders[m.group(1)])
+
+        return REF.sub(sub, value)
+    if isinstance(value, list):
+        return [resolve_refs(v, folders) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, folders) for k, v in value.items()}
+    return value
+
+
+def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
+    """Run every stage whose hash is not yet recorded as finished; returns the state."""
+    run_dir, stages = load_recipe(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() and not force else {}
+    previous, folders, stale = "", {}, False
+    for st in stages:
+        h = stage_hash(st, previous)
+        folder = run_dir / st["name"]
+        folders[st["name"]] = folder
+        done = state.get(st["name"])
+        if not stale and done and done.get("hash") == h:
+            log.info("stage %s: unchanged, skipped", st["name"])
+        else:
+            stale = True  # this stage runs, so every later stage must too
+            log.info("stage %s (%s): running", st["name"], st["kind"])
+            settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
+            result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
+            state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}
+            write_json(state_path, state)  # atomic: a kill never leaves a half-written record
+        previous = h
+    for name in [n for n in state if n not in folders]:
+        state.pop(name)  # stages removed from the recipe
+    write_json(state_path, state)
+    return state
+
+
+# --- stage kinds: each gets its settings, its own folder and the run folder; returns a JSON-able result
+
+
+def _config(cls, settings: dict, **forced):
+    from irlm.utils import load_config
+
+    base = settings.pop("config", None)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in {**settings, **forced}.items()]
+    return load_config(cls, base, overrides)
+
+
+def stage_data(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.data import load_dataset
+
+    out = {}
+    for name in s.get("names", [s.get("data", "scifact")]):
+        ds = load_dataset(name)
+        splits = {k: len(v) for k, v in ds.qrels.items()}
+        out[ds.name] = {"docs": len(ds.corpus), "queries": len(ds.queries), "splits": splits}
+    return out
+
+
+def stage_augment(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.methods.drama.augment import run_augment
+    from irlm.methods.drama.config import AugmentConfig
+
+    stats = run_augment(_config(AugmentConfig, s, out=str(folder / "examples.jsonl")))
+    return {k: v for k, v in stats.items() if k != "config"}
+
+
+def stage_prune(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.methods.drama.config import PruneConfig
+    from irlm.methods.drama.pretrain import prune
+
+    return _brief(prune(_config(PruneConfig, s, output_dir=str(folder))))
+
+
+def stage_pretrain(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.methods.drama.config import PretrainConfig
+    from irlm.methods.drama.pretrain import pretrain
+
+    return _brief(pretrain(_config(PretrainConfig, s, output_dir=str(folder))))
+
+
+TRAINERS = {  # method -> (config module, config class, train module)
+    "anchor": ("irlm.methods.anchor.config", "AnchorConfig", "irlm.methods.anchor.train"),
+    "drama": ("irlm.methods.drama.config", "RetrieverConfig", "irlm.methods.drama.train"),
+    "selfretrieval": ("irlm.methods.selfretrieval.config", "SelfRetrievalConfig", "irlm.methods.selfretrieval.train"),
+}
+
+
+def stage_train(s: dict, folder: Path, run_dir: Path) -> dict:
+    import importlib
+
+    method = s.pop("method", None)
+    if method not in TRAINERS:
+        raise InputError(f"train stage: unknown method '{method}' ({', '.join(TRAINERS)})")
+    cfg_module, cfg_class, train_module = TRAINERS[method]
+    cls = getattr(importlib.import_module(cfg_module), cfg_class)
+    return _brief(importlib.import_module(train_module).train(_config(cls, s, output_dir=str(folder))))
+
+
+def stage_index(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.cli import _build
+
+    kind, data = s.get("retriever", "bm25"), s.get("data", "scifact")
+    _build(kind, data, s.get("model", "minilm-l6"), s.get("device")).save(folder)
+    return {"index": str(folder), "retriever": kind, "data": data}
+
+
+def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.cli import _build
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate, write_trec
+    from irlm.index import load_retriever
+
+    data, split = s.get("data", "scifact"), s.get("split", "test")
+    ds = load_dataset(data)
+    if s.get("index"):
+        system = load_retriever(s["index"], s.get("device"))
+    else:
+        system = _build(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
+    run = system.search(ds.split_queries(split), s.get("k", 1000))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_trec(run, folder / "run.trec")
+    kind = s.get("retriever", "bm25")
+    label = s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
+    return {"system": label, "metrics": {ds.name: evaluate(run, ds.qrels[split])}}
+
+
+def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
+    from irlm.report import write_report
+
+    return {"report": str(write_report(run_dir, folder))}
+
+
+def _brief(result: dict) -> dict:
+    """What the report needs from a method's results: metrics and counts, not the whole config."""
+    return {k: v for k, v in (result or {}).items() if k != "config"}
+
+
+STAGES: dict[str, Callable[[dict, Path, Path], dict]] = {
+    "data": stage_data, "augment": stage_augment, "prune": stage_prune, "pretrain": stage_pretrain,
+    "train": stage_train, "index": stage_index, "eval": stage_eval, "report": stage_report,
+}  # fmt: skip

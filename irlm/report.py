@@ -1,0 +1,139 @@
+"""A report of one run directory: report.md, report.json and PNG charts (metrics per system per
+dataset, training loss parts over steps, reward curves), built from `state.json` and the stages'
+`log.jsonl` files.
+
+    irlm report runs/quickstart
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from irlm.errors import InputError
+from irlm.utils import write_json
+
+HEADLINE = ("ndcg@10", "mrr@5", "hits@5")  # the first a system has is its table and chart value
+NOT_LOSS = {"step", "lr", "grad_norm", "elapsed_s"}
+
+
+def metric_rows(state: dict) -> list[dict]:
+    """One row per (system, dataset): a stage's result `metrics` is {dataset: {metric: v}} or {metric: v}."""
+    rows = []
+    for name, rec in state.items():
+        result = rec.get("result") or {}
+        metrics = result.get("metrics")
+        if not metrics:
+            continue
+        per_data = metrics if all(isinstance(v, dict) for v in metrics.values()) else {"-": metrics}
+        for data, values in per_data.items():
+            rows.append({"system": result.get("system", name), "stage": name, "data": data, **values})
+    return rows
+
+
+def headline(row: dict) -> tuple[str, float] | None:
+    for m in HEADLINE:
+        if m in row:
+            return m, row[m]
+    return None
+
+
+def read_logs(run_dir: Path) -> dict[str, list[dict]]:
+    """Every log.jsonl under the run, keyed by its folder relative to the run."""
+    logs = {}
+    for path in sorted(run_dir.rglob("log.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            logs[str(path.parent.relative_to(run_dir))] = rows
+    return logs
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    state_path = run_dir / "state.json"
+    if not state_path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no state.json; see `irlm run`)")
+    out = Path(out or run_dir / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text())
+    rows, logs = metric_rows(state), read_logs(run_dir)
+    charts = [c for c in (metrics_chart(rows, out), curves_chart(logs, out, "loss"), curves_chart(logs, out, "reward"))
+              if c]  # fmt: skip
+    write_json(out / "report.json", {"rows": rows, "logs": {k: v[-1] for k, v in logs.items()},
+                                     "charts": [c.name for c in charts]})  # fmt: skip
+    (out / "report.md").write_text(markdown(run_dir, rows, charts))
+    return out / "report.md"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| system | data | metric | value |", "|---|---|---|---|"]
+    for r in rows:
+        h = headline(r)
+        if h:
+            lines.append(f"| {r['system']} | {r['data']} | {h[0]} | {h[1]:.4f} |")
+    return "\n".join(lines)
+
+
+def markdown(run_dir: Path, rows: list[dict], charts: list[Path]) -> str:
+    parts = [f"# Report: {run_dir}", "", table(rows), ""]
+    parts += [f"![{c.stem}]({c.name})" for c in charts]
+    return "\n".join(parts) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metrics_chart(rows: list[dict], out: Path) -> Path | None:
+    points = [(r["system"], r["data"], *headline(r)) for r in rows if headline(r)]
+    if not points:
+        return None
+    plt = _pyplot()
+    systems = list(dict.fromkeys(p[0] for p in points))
+    datasets = list(dict.fromkeys(p[1] for p in points))
+    width = 0.8 / len(datasets)
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(systems)), 3.5))
+    for d, data in enumerate(datasets):
+        xs = [systems.index(p[0]) + d * width for p in points if p[1] == data]
+        ax.bar(xs, [p[3] for p in points if p[1] == data], width, label=data)
+    ax.set_xticks([i + width * (len(datasets) - 1) / 2 for i in range(len(systems))], systems, rotation=20)
+    ax.set_ylabel(" / ".join(dict.fromkeys(p[2] for p in points)))
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, plt, out / "metrics.png")
+
+
+def curves_chart(logs: dict[str, list[dict]], out: Path, kind: str) -> Path | None:
+    """Loss parts (every logged number that is not bookkeeping or a reward), or reward curves."""
+    def wanted(key: str) -> bool:
+        return ("reward" in key) if kind == "reward" else (key not in NOT_LOSS and "reward" not in key)
+
+    series = []
+    for run, rows in logs.items():
+        for key in dict.fromkeys(k for r in rows for k in r):
+            if wanted(key):
+                kept = [r for r in rows if key in r]
+                series.append((f"{run}: {key}", [r["step"] for r in kept], [r[key] for r in kept]))
+    series = [s for s in series if s[1] and all(isinstance(v, int | float) for v in s[2])]
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, steps, values in series:
+        ax.plot(steps, values, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(kind)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, plt, out / f"{kind}.png")
+
+
+def _save(fig, plt, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

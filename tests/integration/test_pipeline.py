@@ -1,0 +1,142 @@
+"""`irlm run`: stage caching by config hash, invalidation of later stages, resume after a kill,
+`${stage}` references, recipe errors, and the report (markdown, JSON, PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from irlm import pipeline
+from irlm.errors import InputError
+from irlm.report import write_report
+
+STUB = Path(__file__).parents[1] / "scripts" / "pipeline_stub.py"
+
+
+@pytest.fixture
+def marks(monkeypatch):
+    ran: list[str] = []
+
+    def mark(settings, folder, run_dir):
+        ran.append(folder.name)
+        return {"value": settings.get("value"), "input": settings.get("input")}
+
+    monkeypatch.setitem(pipeline.STAGES, "mark", mark)
+    return ran
+
+
+def recipe(tmp_path: Path, values=(1, 2, 3), name="r.yaml") -> Path:
+    stages = [{"name": n, "kind": "mark", "value": v} for n, v in zip("abc", values)]
+    stages[1]["input"] = "${a}/out.txt"
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    return path
+
+
+def test_finished_stages_are_skipped(tmp_path, marks):
+    state = pipeline.run_pipeline(recipe(tmp_path))
+    assert marks == ["a", "b", "c"]
+    assert state["b"]["result"] == {"value": 2, "input": str(tmp_path / "run" / "a") + "/out.txt"}
+    pipeline.run_pipeline(recipe(tmp_path))
+    assert marks == ["a", "b", "c"]  # nothing ran again
+    pipeline.run_pipeline(recipe(tmp_path), force=True)
+    assert marks == ["a", "b", "c"] * 2
+
+
+def test_a_changed_stage_reruns_with_every_later_stage(tmp_path, marks):
+    pipeline.run_pipeline(recipe(tmp_path))
+    state = pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 3)))
+    assert marks == ["a", "b", "c", "b", "c"]
+    assert state["b"]["result"]["value"] == 20
+    saved = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert saved["c"]["hash"] == pipeline.stage_hash(yaml.safe_load(recipe(tmp_path, (1, 20, 3)).read_text())["stages"][2],
+                                                     saved["b"]["hash"])
+
+
+def test_a_killed_run_resumes_at_the_unfinished_stage(tmp_path):
+    path = recipe(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(STUB), str(path)], env={**os.environ, "SLOW": "b"})
+    deadline = time.time() + 60
+    while not (run / "started.txt").exists():
+        assert proc.poll() is None and time.time() < deadline, "the stub ended before stage b"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "ran.txt").read_text() == "a\n"
+    assert set(json.loads((run / "state.json").read_text())) == {"a"}
+    subprocess.run([sys.executable, str(STUB), str(path)], check=True, env={**os.environ, "SLOW": ""})
+    assert (run / "ran.txt").read_text() == "a\nb\nc\n"  # a was not run twice
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"name": "a", "kind": "nope"}], "unknown kind 'nope'"),
+    ([{"name": "a", "kind": "data"}, {"name": "a", "kind": "data"}], "two stages are named 'a'"),
+    ([{"kind": "data"}], "needs a 'name' and a 'kind'"),
+    ([], "non-empty list"),
+])  # fmt: skip
+def test_recipe_errors(tmp_path, stages, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(InputError, match=message):
+        pipeline.run_pipeline(path)
+
+
+def test_a_reference_must_name_an_earlier_stage(tmp_path, marks):
+    path = tmp_path / "r.yaml"
+    stages = [{"name": "a", "kind": "mark", "input": "${b}"}, {"name": "b", "kind": "mark"}]
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    with pytest.raises(InputError, match="names no earlier stage"):
+        pipeline.run_pipeline(path)
+
+
+def test_report_tables_and_charts(tmp_path):
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    logs = [{"step": s, "lr": 1e-4, "infonce": 2.0 / s, "reward_mean": 0.1 * s, "grad_norm": 1.0} for s in (1, 2, 3)]
+    (run / "train" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    state = {"bm25": {"kind": "eval", "result": {"system": "bm25", "metrics": {"scifact": {"ndcg@10": 0.6762}}}},
+             "sr": {"kind": "train", "result": {"metrics": {"hits@1": 0.25, "mrr@5": 0.375}}},
+             "data": {"kind": "data", "result": {"scifact": {"docs": 5183}}}}  # fmt: skip
+    (run / "state.json").write_text(json.dumps(state))
+    md = write_report(run)
+    text = md.read_text()
+    assert "| bm25 | scifact | ndcg@10 | 0.6762 |" in text and "| sr | - | mrr@5 | 0.3750 |" in text
+    for png in ("metrics.png", "loss.png", "reward.png"):
+        assert (md.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    report = json.loads((md.parent / "report.json").read_text())
+    assert [r["system"] for r in report["rows"]] == ["bm25", "sr"]
+    assert report["logs"]["train"]["infonce"] == pytest.approx(2.0 / 3)
+    with pytest.raises(InputError, match="no state.json"):
+        write_report(tmp_path / "nothing")
+
+
+def test_real_stages_through_the_cli(tmp_path, toy_beir):
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate
+    from irlm.index import BM25Retriever
+
+    path = tmp_path / "q.yaml"
+    stages = [{"name": "data", "kind": "data", "data": str(toy_beir)},
+              {"name": "bm25", "kind": "eval", "data": str(toy_beir), "retriever": "bm25", "k": 10},
+              {"name": "report", "kind": "report"}]  # fmt: skip
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    out = subprocess.run([sys.executable, "-c", "from irlm.cli import run; run()", "run", str(path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    report = Path(out.stdout.strip().splitlines()[-1])
+    assert report == tmp_path / "run" / "report" / "report.md" and report.is_file()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    ds = load_dataset(str(toy_beir))
+    expected = evaluate(BM25Retriever.build(ds.corpus).search(ds.split_queries("test"), 10), ds.qrels["test"])
+    assert state["bm25"]["result"]["metrics"]["toy"] == pytest.approx(expected)
+    assert state["data"]["result"]["toy"]["docs"] == len(ds.corpus)
+    assert (tmp_path / "run" / "bm25" / "run.trec").is_file()
