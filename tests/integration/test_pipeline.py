@@ -140,3 +140,20 @@ def test_real_stages_through_the_cli(tmp_path, toy_beir):
     assert state["bm25"]["result"]["metrics"]["toy"] == pytest.approx(expected)
     assert state["data"]["result"]["toy"]["docs"] == len(ds.corpus)
     assert (tmp_path / "run" / "bm25" / "run.trec").is_file()
+
+
+def test_train_stage_feeds_a_later_eval_stage(tmp_path, toy_beir, llama_dir):
+    """A DRAMA retriever trained in one stage, scored by the stage after it through ${train}/final."""
+    path = tmp_path / "t.yaml"
+    train = {"name": "train", "kind": "train", "method": "drama", "model": str(llama_dir), "data": str(toy_beir),
+             "train_split": "test", "eval_data": [str(toy_beir)], "steps": 2, "batch_size": 2, "max_length": 32,
+             "precision": "fp32", "save_every": 0, "device": "cpu", "n_negatives": 0}  # fmt: skip
+    score = {"name": "score", "kind": "eval", "data": str(toy_beir), "retriever": "dense", "model": "${train}/final",
+             "k": 10, "device": "cpu"}  # fmt: skip
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [train, score]}))
+    state = pipeline.run_pipeline(path)
+    trained = state["train"]["result"]["metrics"][str(toy_beir)]
+    assert state["train"]["result"]["examples"] == {"original": 3}
+    assert (tmp_path / "run" / "train" / "final" / "config.json").is_file()
+    assert state["score"]["result"]["system"] == str(tmp_path / "run" / "train") + "/final"
+    assert state["score"]["result"]["metrics"]["toy"]["ndcg@10"] == pytest.approx(trained["ndcg@10"], abs=0.02)
