@@ -93,6 +93,13 @@ class DenseIndex:
         self.vectors[[self._pos[i] for i in ids]] = vectors
         self._faiss = None
 
+    def rows(self, ids: list[str]) -> list[int]:
+        """Row of each id in `vectors`."""
+        missing = [i for i in ids if i not in self._pos]
+        if missing:
+            raise InputError(f"unknown id '{missing[0]}'")
+        return [self._pos[i] for i in ids]
+
     def remove(self, ids: list[str]) -> None:
         gone = set(ids)
         keep = [n for n, i in enumerate(self.ids) if i not in gone]
