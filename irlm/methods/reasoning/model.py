@@ -1,0 +1,134 @@
+"""Think, then embed (LREM and Search-R3; METHODS.md §4-5): one causal LM embeds both sides.
+
+    query:    {query} <think> {keywords} </think><emb>
+    document: {document} <emb>
+
+The embedding is the last hidden state at `<emb>`, L2-normalised. The three markers are added to
+the tokenizer as special tokens (and the embedding matrix grows to match) when a model lacks them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from irlm.methods.reasoning.rewards import EMB, THINK_CLOSE, THINK_OPEN
+
+CONFIG_FILE = "irlm_reasoning.json"
+
+
+class ReasoningEmbedder:
+    def __init__(self, model, tokenizer, max_length: int = 128, reasoning_tokens: int = 16):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.reasoning_tokens = max_length, reasoning_tokens
+        missing = [t for t in (THINK_OPEN, THINK_CLOSE, EMB) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+            model.resize_token_embeddings(len(tokenizer))
+        self.think, self.end, self.emb = (tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE, EMB))
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | None = None, **kw) -> ReasoningEmbedder:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from irlm.models.resolve import resolve_model
+        from irlm.utils import pick_device
+
+        path = name if Path(name).is_dir() else resolve_model(name)
+        saved = Path(path) / CONFIG_FILE
+        kw = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **kw}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(pick_device(device))
+        return cls(model, AutoTokenizer.from_pretrained(path), **kw)
+
+    def save(self, folder) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        cfg = {"max_length": self.max_length, "reasoning_tokens": self.reasoning_tokens}
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(cfg))
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, query: str) -> list[int]:
+        """What the policy continues: the query and the opening <think>."""
+        room = self.max_length - self.reasoning_tokens - 3
+        return self.ids(query)[:room] + [self.think]
+
+    def query_ids(self, query: str, reasoning: str | list[int] | None) -> tuple[list[int], int]:
+        """Token ids of the query side and where its reasoning starts; None = direct (no thinking)."""
+        if reasoning is None:
+            return self.ids(query)[: self.max_length - 1] + [self.emb], -1
+        prompt = self.prompt_ids(query)
+        thought = self.ids(" " + reasoning) if isinstance(reasoning, str) else list(reasoning)
+        return prompt + thought[: self.reasoning_tokens] + [self.end, self.emb], len(prompt)
+
+    def doc_ids(self, text: str) -> list[int]:
+        return self.ids(text)[: self.max_length - 1] + [self.emb]
+
+    def forward(self, rows: list[list[int]], logits: bool = False):
+        """Right-padded batch -> (embeddings (B, C) fp32 normalised, logits (B, T, V) or None, ids, mask)."""
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        last = out.hidden_states[-1]  # (B, T, C)
+        at = torch.tensor([len(r) - 1 for r in rows], device=self.device)  # every row ends with <emb>
+        emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
+        return emb, (out.logits if logits else None), ids, mask
+
+    @torch.inference_mode()
+    def think_greedy(self, queries: list[str]) -> list[list[int]]:
+        """The model's own reasoning tokens for each query (greedy, up to reasoning_tokens)."""
+        return [seq for seq, _ in self.sample(queries, 1, do_sample=False)]
+
+    @torch.inference_mode()
+    def sample(self, queries: list[str], n: int, do_sample: bool = True, temperature: float = 1.0):
+        """n reasoning continuations per query: (generated ids cut at </think>, raw generated ids)."""
+        out = []
+        for q in queries:
+            prompt = torch.tensor([self.prompt_ids(q)], device=self.device)
+            gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=do_sample,
+                                      temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                                      num_return_sequences=n, max_new_tokens=self.reasoning_tokens + 2,
+                                      eos_token_id=[self.emb, self.tokenizer.eos_token_id],
+                                      pad_token_id=self.pad)  # fmt: skip
+            stops = {self.emb, self.tokenizer.eos_token_id}
+            for row in gen[:, prompt.shape[1] :].tolist():
+                raw = _until(row, stops)
+                thought = raw[: raw.index(self.end)] if self.end in raw else [t for t in raw if t not in stops]
+                out.append((thought[: self.reasoning_tokens], raw))
+        return out
+
+    @torch.inference_mode()
+    def encode_docs(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        rows = [self.doc_ids(t) for t in texts]
+        return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy()
+                               for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+    @torch.inference_mode()
+    def encode_queries(self, queries: list[str], reasonings: list | None = None, batch_size: int = 32):
+        """reasonings: None = direct embedding; a list of texts / token lists (None entries = direct)."""
+        reasonings = reasonings if reasonings is not None else [None] * len(queries)
+        rows = [self.query_ids(q, r)[0] for q, r in zip(queries, reasonings)]
+        return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy()
+                               for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+
+def _until(row: list[int], stops: set[int]) -> list[int]:
+    """The generated ids up to and including the first stop token (the rest is padding)."""
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[: i + 1]
+    return row

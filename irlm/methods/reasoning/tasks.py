@@ -1,0 +1,143 @@
+"""Training tasks of the reasoning embedders, run by the shared loop (irlm/train/loop.py).
+
+- ColdStartTask: lambda1 * SFT(reasoning tokens) + lambda2 * InfoNCE (LREM: 0.1 and 1).
+- GRPOTask: G sampled reasonings per query, rewards from the embedding each one leads to,
+  group-normalised advantages and the clipped policy loss, plus gamma2 * InfoNCE (1 and 0.1).
+
+trl's GRPOTrainer scores completions with reward functions that see only text; these rewards need
+the hidden state at <emb> of each completion and a corpus index that moves with the policy, so the
+GRPO step is written on the shared loop instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from irlm.losses.grpo import group_advantages, grpo_loss
+from irlm.methods.reasoning import rewards as R
+from irlm.methods.reasoning.model import ReasoningEmbedder
+
+
+def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Query i's positive is document i; every other document in the batch is a negative."""
+    return F.cross_entropy(q @ d.T / temperature, torch.arange(len(q), device=q.device))
+
+
+def reasoning_sft(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
+    """Mean NLL of the reasoning tokens and the closing </think> (positions starts..ends-1 of each row)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    terms = [logp[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1) for r, (s, e) in
+             enumerate(zip(starts, ends)) if s >= 1 and e > s]  # fmt: skip
+    return -torch.cat(terms).mean() if terms else logits.sum() * 0.0
+
+
+class ColdStartTask:
+    """Examples: dicts with query, reasoning (keywords text), positive (document text)."""
+
+    def __init__(self, emb: ReasoningEmbedder, lambda_sft: float = 0.1, lambda_nce: float = 1.0,
+                 temperature: float = 0.05):  # fmt: skip
+        self.emb, self.lambda_sft, self.lambda_nce, self.temperature = emb, lambda_sft, lambda_nce, temperature
+
+    def parameters(self):
+        return self.emb.model.parameters()
+
+    def named_parameters(self):
+        return self.emb.model.named_parameters()
+
+    def step(self, examples: list[dict], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
+        built = [self.emb.query_ids(ex["query"], ex.get("reasoning")) for ex in examples]
+        rows = [r for r, _ in built]
+        q, logits, ids, _ = self.emb.forward(rows, logits=True)
+        d = self.emb.forward([self.emb.doc_ids(ex["positive"]) for ex in examples])[0]
+        starts = [s for _, s in built]
+        sft = reasoning_sft(logits, ids, starts, [len(r) - 1 for r in rows])  # through </think>
+        nce = info_nce(q, d, self.temperature)
+        ((self.lambda_sft * sft + self.lambda_nce * nce) * scale).backward()
+        return {"sft": sft.item(), "infonce": nce.item()}
+
+    def save(self, folder) -> None:
+        self.emb.save(folder)
+
+
+def lrem_rewards(texts: list[str], lengths: list[int], ranks: list[int], n_docs: int) -> list[float]:
+    """0.5 format + 0.2 length(<= 16) + 1.0 rank accuracy (LREM)."""
+    w = R.PRESETS["lrem"]
+    return [R.combine({"format": R.format_reward(t), "length": R.length_reward(n), "accuracy":
+                       R.rank_accuracy(r, n_docs)}, w) for t, n, r in zip(texts, lengths, ranks)]  # fmt: skip
+
+
+def searchr3_rewards(texts: list[str], lengths: list[int], ranks: list[int], n_docs: int) -> list[float]:
+    """DCG-scaled: how high the relevant document ranks for the embedding the reasoning leads to; an
+    output that never emitted <emb> has no embedding and scores 0."""
+    return [R.dcg_reward([r]) if t.rstrip().endswith(R.EMB) else 0.0 for t, r in zip(texts, ranks)]
+
+
+REWARDS = {"lrem": lrem_rewards, "searchr3": searchr3_rewards}
+
+
+class GRPOTask:
+    """Examples: dicts with query and positive. The batch's positives are the documents ranked
+    against (LREM's "rank among the batch's N documents"), unless `rank_fn` ranks against a corpus."""
+
+    def __init__(self, emb: ReasoningEmbedder, preset: str = "lrem", group: int = 8, gamma_grpo: float = 1.0,
+                 gamma_nce: float = 0.1, clip: float = 0.2, temperature: float = 0.05, sample_temperature: float = 1.0,
+                 rank_fn=None):  # fmt: skip
+        self.emb, self.reward_fn, self.group = emb, REWARDS[preset], group
+        self.gamma_grpo, self.gamma_nce, self.clip = gamma_grpo, gamma_nce, clip
+        self.temperature, self.sample_temperature, self.rank_fn = temperature, sample_temperature, rank_fn
+        self.last_rewards: list[float] = []
+
+    def parameters(self):
+        return self.emb.model.parameters()
+
+    def named_parameters(self):
+        return self.emb.model.named_parameters()
+
+    def step(self, examples: list[dict], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
+        torch.manual_seed(seed)
+        emb, G = self.emb, self.group
+        samples = emb.sample([ex["query"] for ex in examples], G, temperature=self.sample_temperature)
+        rows, starts = [], []
+        for i, ex in enumerate(examples):
+            for thought, _ in samples[i * G : (i + 1) * G]:
+                row, start = emb.query_ids(ex["query"], thought)
+                rows.append(row)
+                starts.append(start)
+        q, logits, ids, _ = emb.forward(rows, logits=True)
+        docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
+        ranks = self._ranks(q.detach(), docs.detach(), examples)
+        texts = [R.THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
+        lengths = [len(t) for t, _ in samples]
+        reward = torch.tensor(self.reward_fn(texts, lengths, ranks, len(examples)), dtype=torch.float32)
+        adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
+        logp, mask = self._token_logprobs(logits, ids, starts, rows)
+        policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
+        nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
+        ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
+        self.last_rewards = reward.tolist()
+        return {"grpo": policy.item(), "infonce": nce.item(), "reward_mean": reward.mean().item(),
+                "reward_max": reward.max().item(), "clip_fraction": float(parts["clip_fraction"])}  # fmt: skip
+
+    def _ranks(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict]) -> list[int]:
+        if self.rank_fn is not None:
+            return self.rank_fn(q.cpu().numpy(), [ex.get("positive_id") for ex in examples for _ in range(self.group)])
+        scores = q @ docs.T  # (B*G, B): each sample against the batch's documents
+        own = scores[torch.arange(len(q)), torch.arange(len(q), device=q.device) // self.group]
+        return (1 + (scores > own[:, None]).sum(-1)).tolist()
+
+    @staticmethod
+    def _token_logprobs(logits, ids, starts: list[int], rows: list[list[int]]):
+        """Log-probabilities of the sampled reasoning tokens and </think> (the policy's actions)."""
+        logp_all = torch.log_softmax(logits.float(), dim=-1)
+        width = max(len(r) for r in rows)
+        logp = torch.zeros(len(rows), width, device=logits.device)
+        mask = torch.zeros(len(rows), width, device=logits.device)
+        for r, (s, row) in enumerate(zip(starts, rows)):
+            e = len(row) - 1  # through </think>, not the appended <emb>
+            logp[r, s:e] = logp_all[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1)
+            mask[r, s:e] = 1.0
+        return logp, mask
+
+    def save(self, folder) -> None:
+        self.emb.save(folder)

@@ -1,0 +1,76 @@
+"""Reasoning embedders on a tiny random causal LM: the format, the <emb> state, cold start and GRPO steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from irlm.methods.reasoning import tasks
+from irlm.methods.reasoning.model import ReasoningEmbedder
+
+EXAMPLES = [{"query": "drink more refreshing than tea", "reasoning": "cold, lemonade, iced, fizzy",
+             "positive": "Lemonade is a cold sweet drink."},
+            {"query": "quantum bits", "reasoning": "qubit, superposition",
+             "positive": "A qubit is the unit of quantum information."}]  # fmt: skip
+
+
+@pytest.fixture
+def emb(lm_dir):
+    torch.manual_seed(0)
+    return ReasoningEmbedder.from_pretrained(str(lm_dir), device="cpu", max_length=48, reasoning_tokens=6)
+
+
+def test_format_and_the_emb_state(emb):
+    tok = emb.tokenizer
+    assert {"<think>", "</think>", "<emb>"} <= set(tok.get_vocab())
+    assert emb.model.get_input_embeddings().weight.shape[0] == len(tok)
+    row, start = emb.query_ids("tea", "cold, iced lemonade and more words beyond six tokens")
+    assert row[start - 1] == emb.think and row[-2:] == [emb.end, emb.emb] and len(row) - 2 - start == 6
+    assert emb.query_ids("tea", None) == (emb.ids("tea") + [emb.emb], -1)
+    assert emb.doc_ids("a b c")[-1] == emb.emb
+    vecs, _, ids, mask = emb.forward([row, emb.doc_ids("a b c")])
+    hidden = emb.model(input_ids=torch.tensor([row]), output_hidden_states=True).hidden_states[-1][0, -1]
+    assert torch.allclose(vecs[0], torch.nn.functional.normalize(hidden, dim=-1), atol=1e-5)
+    assert torch.allclose(vecs.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_cold_start_loss_parts(emb):
+    task = tasks.ColdStartTask(emb)
+    parts = task.step(EXAMPLES)
+    assert set(parts) == {"sft", "infonce"} and all(v > 0 for v in parts.values())
+    grad = emb.model.get_input_embeddings().weight.grad
+    assert grad[emb.think].abs().sum() > 0 and grad[emb.emb].abs().sum() > 0  # the new tokens learn
+    row, start = emb.query_ids(EXAMPLES[0]["query"], EXAMPLES[0]["reasoning"])
+    logp = torch.log_softmax(emb.model(input_ids=torch.tensor([row])).logits[0].float(), -1)
+    ref = -torch.stack([logp[i - 1, row[i]] for i in range(start, len(row) - 1)]).mean()
+    got = tasks.reasoning_sft(emb.forward([row], logits=True)[1], torch.tensor([row]), [start], [len(row) - 1])
+    assert got.item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_grpo_step(emb):
+    task = tasks.GRPOTask(emb, preset="lrem", group=4)
+    parts = task.step(EXAMPLES, seed=3)
+    assert len(task.last_rewards) == 8 and all(0.0 <= r <= 1.7 for r in task.last_rewards)
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in emb.model.parameters())
+
+
+def test_equal_rewards_give_no_policy_gradient(emb, monkeypatch):
+    monkeypatch.setitem(tasks.REWARDS, "lrem", lambda texts, lengths, ranks, n: [0.5] * len(texts))
+    task = tasks.GRPOTask(emb, preset="lrem", group=4, gamma_nce=0.0)
+    parts = task.step(EXAMPLES, seed=1)
+    assert parts["grpo"] == 0.0 and parts["reward_mean"] == 0.5
+
+
+def test_in_batch_ranks():
+    task = tasks.GRPOTask.__new__(tasks.GRPOTask)
+    task.group, task.rank_fn = 2, None
+    docs = torch.eye(2)
+    q = torch.tensor([[1.0, 0.0], [0.2, 0.9], [0.0, 1.0], [0.9, 0.1]])  # samples 0-1: query 0; 2-3: query 1
+    assert task._ranks(q, docs, [{}, {}]) == [1, 2, 1, 2]
+
+
+def test_rewards_presets():
+    assert tasks.lrem_rewards(["<think>a</think><emb>"], [1], [1], 8) == [pytest.approx(1.7)]
+    assert tasks.lrem_rewards(["no format"], [40], [8], 8) == [pytest.approx(0.0)]
+    assert tasks.searchr3_rewards(["<think>a</think><emb>", "<think>a"], [1, 1], [1, 1], 4) == [1.0, 0.0]
