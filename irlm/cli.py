@@ -271,6 +271,21 @@ def train_drama(
     train(load_config(RetrieverConfig, config, overrides))
 
 
+@train_app.command("reasoning")
+def train_reasoning(
+    stage: str | None = typer.Option(None, "--stage", help="data | coldstart | grpo [default: the config's]."),
+    config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
+    overrides: list[str] | None = SetOpt,
+) -> None:
+    """Think-then-embed (LREM / Search-R3): teacher reasoning data, cold start, then GRPO (preset lrem|searchr3)."""
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train
+    from irlm.utils import load_config
+
+    flags = [f"stage={json.dumps(stage)}"] if stage else []
+    train(load_config(ReasoningConfig, config, flags + list(overrides or [])))
+
+
 @app.command()
 def augment(
     strategy: str = typer.Option(..., "--strategy", help="crop | qgen | rerank | triplet (DRAMA, METHODS.md §2)."),

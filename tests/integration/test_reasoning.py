@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -74,3 +76,24 @@ def test_rewards_presets():
     assert tasks.lrem_rewards(["<think>a</think><emb>"], [1], [1], 8) == [pytest.approx(1.7)]
     assert tasks.lrem_rewards(["no format"], [40], [8], 8) == [pytest.approx(0.0)]
     assert tasks.searchr3_rewards(["<think>a</think><emb>", "<think>a"], [1, 1], [1, 1], 4) == [1.0, 0.0]
+
+
+def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train
+
+    common = {"data": str(toy_beir), "train_split": "test", "eval_data": [str(toy_beir)], "teacher": str(lm_dir),
+              "reasoning_file": str(tmp_path / "r.jsonl"), "max_length": 48, "reasoning_tokens": 4,
+              "batch_size": 2, "precision": "fp32", "save_every": 0, "device": "cpu"}  # fmt: skip
+    made = train(ReasoningConfig(stage="data", **common))
+    rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert made["examples"] == len(rows) == 3 and {"raw", "reasoning", "teacher", "prompt_version"} <= set(rows[0])
+    assert train(ReasoningConfig(stage="data", **common))["this_run"] == 0  # resumed: nothing left to do
+    cold = train(ReasoningConfig(stage="coldstart", model=str(lm_dir), output_dir=str(tmp_path / "cold"), steps=2,
+                                 **common))  # fmt: skip
+    assert cold["examples"] == 3 and set(cold["final"]) >= {"sft", "infonce"}
+    grpo = train(ReasoningConfig(stage="grpo", model=str(tmp_path / "cold" / "final"), group=2,
+                                 output_dir=str(tmp_path / "grpo"), steps=1, **common))  # fmt: skip
+    assert "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
+    log = [json.loads(line) for line in open(tmp_path / "grpo" / "log.jsonl")]
+    assert "reward_mean" in log[-1]

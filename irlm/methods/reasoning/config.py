@@ -1,0 +1,39 @@
+"""Settings of the reasoning embedders; defaults cite METHODS.md §4 (LREM) and §5 (Search-R3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ReasoningConfig:
+    stage: str = "coldstart"  # data | coldstart | grpo
+    preset: str = "lrem"  # reward preset: lrem | searchr3
+    model: str = "smollm2-135m"  # coldstart: the base LLM; grpo: the cold-started folder
+    data: str = "scifact"
+    train_split: str = "train"
+    eval_data: list[str] = field(default_factory=lambda: ["scifact"])
+    output_dir: str = "runs/reasoning"
+    reasoning_file: str = "runs/reasoning/reasoning.jsonl"  # written by stage data, read by coldstart
+    teacher: str = "smollm2-135m"  # stage data: model name/folder or http://host:port/v1[#model]
+    reasoning_tokens: int = 16  # LREM: reasoning of at most 16 tokens
+    max_keywords: int = 16
+    max_length: int = 128
+    # cold start (LREM: lambda1 0.1, lambda2 1, lr 1e-5 cosine, warm-up 3 %, batch 128, 1 epoch)
+    lambda_sft: float = 0.1
+    lambda_nce: float = 1.0
+    # GRPO (LREM: G 8, 1.0 GRPO + 0.1 InfoNCE, lr 1e-6, batch 256)
+    group: int = 8
+    gamma_grpo: float = 1.0
+    gamma_nce: float = 0.1
+    clip: float = 0.2
+    sample_temperature: float = 1.0
+    temperature: float = 0.05  # InfoNCE
+    steps: int = 50
+    batch_size: int = 16
+    lr: float = 1e-5
+    precision: str = "bf16"
+    save_every: int = 25
+    seed: int = 42
+    eval_reasoning: str = "self"  # self (the model thinks, greedy) | none (direct embedding)
+    device: str | None = None

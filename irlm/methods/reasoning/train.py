@@ -1,0 +1,131 @@
+"""Reasoning embedders end to end: teacher reasoning data, cold start, GRPO, evaluation.
+
+    irlm train reasoning --stage data      --config recipes/reasoning-scifact-tiny.yaml
+    irlm train reasoning --stage coldstart --config recipes/reasoning-scifact-tiny.yaml
+    irlm train reasoning --stage grpo      --config recipes/reasoning-scifact-tiny.yaml \
+        --set model=runs/reasoning/coldstart/final --set preset=searchr3
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from irlm.data import load_dataset
+from irlm.errors import InputError
+from irlm.methods.reasoning.config import ReasoningConfig
+from irlm.methods.reasoning.keywords import condense, render
+from irlm.methods.reasoning.model import ReasoningEmbedder
+from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
+from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.utils import write_json
+
+PROMPT_VERSION = "reasoning-v1"
+STAGES = ("data", "coldstart", "grpo")
+
+
+def teacher_prompt(query: str) -> list[dict]:
+    return [{"role": "user", "content": (
+        f"A user searched for: {query}\n"
+        "Think about what they need: which concepts, synonyms and related facts would a relevant "
+        "document mention? Answer in one short paragraph.")}]  # fmt: skip
+
+
+def pairs(data: str, split: str) -> list[dict]:
+    """(query, positive) pairs from a dataset's qrels, one per judged relevant document."""
+    ds = load_dataset(data)
+    docs = {d.id: d for d in ds.corpus.docs}
+    queries = ds.split_queries(split)
+    return [{"query_id": q, "query": queries[q], "positive_id": d, "positive": docs[d].full_text()}
+            for q, judged in ds.qrels[split].items() if q in queries
+            for d, rel in judged.items() if rel > 0 and d in docs]  # fmt: skip
+
+
+def make_reasoning(cfg: ReasoningConfig) -> dict:
+    """Teacher reasoning per train query, condensed to keywords; appended to reasoning_file, resumable."""
+    from irlm.models.generator import load_generator
+
+    out = Path(cfg.reasoning_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["query_id"] for line in out.open()} if out.exists() else set()
+    todo = [p for p in pairs(cfg.data, cfg.train_split) if p["query_id"] not in done]
+    todo = list({p["query_id"]: p for p in todo}.values())  # one reasoning per query
+    gen = load_generator(cfg.teacher, device=cfg.device)
+    with out.open("a", encoding="utf-8") as f:
+        for i in tqdm(range(0, len(todo), 8), desc="reasoning", unit="batch"):
+            batch = todo[i : i + 8]
+            for p, g in zip(batch, gen.generate([teacher_prompt(p["query"]) for p in batch])):
+                keywords = condense(g.text, p["query"], cfg.max_keywords)
+                row = {**p, "reasoning": render(keywords), "raw": g.text, "teacher": cfg.teacher,
+                       "prompt_version": PROMPT_VERSION}  # fmt: skip
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+    total = sum(1 for _ in out.open())
+    return {"reasoning_file": str(out), "examples": total, "this_run": len(todo)}
+
+
+def read_reasoning(path: str, data: str, split: str) -> list[dict]:
+    """Every train pair, with the teacher's keywords for its query."""
+    if not Path(path).is_file():
+        raise InputError(f"no reasoning file at {path}; run `irlm train reasoning --stage data` first")
+    by_query = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                by_query[row["query_id"]] = row["reasoning"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise InputError(f"{path}:{lineno}: bad reasoning row ({e})") from None
+    return [{**p, "reasoning": by_query[p["query_id"]]} for p in pairs(data, split) if p["query_id"] in by_query]
+
+
+def train(cfg: ReasoningConfig) -> dict:
+    if cfg.stage not in STAGES:
+        raise InputError(f"unknown stage '{cfg.stage}' ({', '.join(STAGES)})")
+    if cfg.stage == "data":
+        return make_reasoning(cfg)
+    init_distributed()
+    seed_everything(cfg.seed)
+    emb = ReasoningEmbedder.from_pretrained(cfg.model, cfg.device, max_length=cfg.max_length,
+                                            reasoning_tokens=cfg.reasoning_tokens)  # fmt: skip
+    if cfg.stage == "coldstart":
+        examples = read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split)
+        task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature)
+    else:
+        examples = pairs(cfg.data, cfg.train_split)
+        task = GRPOTask(emb, cfg.preset, cfg.group, cfg.gamma_grpo, cfg.gamma_nce, cfg.clip, cfg.temperature,
+                        cfg.sample_temperature)  # fmt: skip
+    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
+    history = Trainer(task, examples, tc).fit() if cfg.steps else []
+    if world()[0] != 0:
+        return {}
+    emb.model.eval()
+    results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
+               "metrics": evaluate_reasoner(emb, cfg.eval_data, cfg.eval_reasoning)}  # fmt: skip
+    write_json(Path(cfg.output_dir) / "results.json", results)
+    print(json.dumps({"method": "reasoning", "stage": cfg.stage, "output_dir": cfg.output_dir,
+                      **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
+    return results
+
+
+def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str = "self", split: str = "test",
+                      k: int = 1000) -> dict[str, dict]:  # fmt: skip
+    """nDCG@10 etc. per dataset; queries think first (greedy, the model's own reasoning) or embed directly."""
+    from irlm.eval import evaluate
+    from irlm.index import DenseIndex
+
+    out = {}
+    for name in names:
+        ds = load_dataset(name)
+        queries = ds.split_queries(split)
+        index = DenseIndex(emb.model.config.hidden_size)
+        index.add(ds.corpus.ids, emb.encode_docs(ds.corpus.texts()))
+        texts = list(queries.values())
+        thoughts = emb.think_greedy(texts) if reasoning == "self" else None
+        run = index.search_run(list(queries), emb.encode_queries(texts, thoughts), k)
+        out[name] = evaluate(run, ds.qrels[split])
+    return out
