@@ -465,8 +465,8 @@ def run_cmd(
     force: bool = typer.Option(False, "--force", help="Ignore finished stages and run everything again."),
 ) -> None:
     """Run a recipe's stages into one run directory; finished, unchanged stages are skipped."""
+    from irlm.eval.report import headline, metric_rows
     from irlm.pipeline import run_pipeline
-    from irlm.report import headline, metric_rows
 
     state = run_pipeline(recipe, force=force)
     table = Table("system", "data", "metric", "value")
@@ -483,7 +483,7 @@ def run_cmd(
 @app.command("report")
 def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory written by `irlm run`.")) -> None:
     """Write report.md, report.json and PNG charts for a run directory; prints the report's path."""
-    from irlm.report import write_report
+    from irlm.eval.report import write_report
 
     print(write_report(run_dir))
 

@@ -196,7 +196,7 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
 
 
 def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.report import write_report
+    from irlm.eval.report import write_report
 
     return {"report": str(write_report(run_dir, folder))}
 

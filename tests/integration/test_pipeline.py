@@ -16,7 +16,7 @@ import yaml
 
 from irlm import pipeline
 from irlm.errors import InputError
-from irlm.report import write_report
+from irlm.eval.report import write_report
 
 STUB = Path(__file__).parents[1] / "scripts" / "pipeline_stub.py"
 
