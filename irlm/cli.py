@@ -356,6 +356,22 @@ def serve_llm_cmd(
     serve_llm(model=model, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device)
 
 
+@app.command("serve")
+def serve_cmd(
+    index: str = typer.Option(..., "--index", help="An index folder (irlm index) or a Self-Retrieval model folder."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback should set an API key."),
+    port: int = typer.Option(8001),
+    api_key_env: str = typer.Option("IRLM_API_KEY", help="Environment variable holding the key clients must send."),
+    batch_size: int = typer.Option(16, help="Concurrent requests micro-batched into one search or encode call."),
+    data: str | None = typer.Option(None, help="Self-Retrieval only: the corpus the model memorised."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Serve a retriever: POST /search, POST /encode, GET /health, GET /metrics."""
+    from irlm.serve import serve
+
+    serve(index, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device, data=data)
+
+
 sr_app = typer.Typer(no_args_is_help=True,
                      help="Self-Retrieval: one LLM memorises the corpus, retrieves, judges and answers.")
 app.add_typer(sr_app, name="selfretrieval")

@@ -58,6 +58,9 @@ def prune(cfg: PruneConfig) -> dict:
     full = Shape.of(model.config)
     if any(getattr(target, k) > getattr(full, k) for k in vars(full)):
         raise InputError(f"target shape {target} is larger than the model's {full}")
+    heads = cfg.kv_heads * model.config.num_attention_heads // model.config.num_key_value_heads
+    if cfg.hidden % heads:  # transformers' Llama/Qwen2 configs refuse it, so the export would not load
+        raise InputError(f"hidden {cfg.hidden} is not a multiple of the {heads} attention heads kept", field="hidden")
     before = non_embedding_params(model)
     task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup)
     history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
