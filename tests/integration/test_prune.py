@@ -116,3 +116,17 @@ def test_prune_and_pretrain_commands(tmp_path, toy_beir):
     assert res.returncode == 0, res.stderr[-2000:]
     enc = LLMEncoder.from_pretrained(str(tmp_path / "recovered" / "final"), device="cpu", dtype="fp32")
     assert enc.encode_queries(["a query"]).shape == (1, 16)
+
+
+def test_prune_refuses_a_hidden_size_the_heads_do_not_divide(tmp_path):
+    """2 kv groups x 2 query heads kept: hidden 15 would export a config transformers will not load."""
+    from irlm.errors import InputError
+    from irlm.methods.drama.config import PruneConfig
+    from irlm.methods.drama.pretrain import prune
+
+    tiny("llama").save_pretrained(tmp_path / "base")
+    cfg = PruneConfig(model=str(tmp_path / "base"), output_dir=str(tmp_path / "out"), layers=2, hidden=15,
+                      kv_heads=2, intermediate=24, text=["unused"])  # fmt: skip
+    with pytest.raises(InputError, match="hidden 15 is not a multiple of the 4 attention heads"):
+        prune(cfg)
+    assert not (tmp_path / "out").exists()

@@ -51,20 +51,27 @@ def _train(task, blocks, cfg, lr: float) -> list[dict]:
 
 def prune(cfg: PruneConfig) -> dict:
     """Learn the masks, export output_dir/final, and write summary.json (shapes and parameter counts)."""
+    from transformers import AutoConfig
+
     init_distributed()
     seed_everything(cfg.seed)
+    full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
     model, tok = load_lm(cfg.model, cfg.device)
-    target = Shape(cfg.layers, cfg.hidden, cfg.kv_heads, cfg.intermediate)
-    full = Shape.of(model.config)
-    if any(getattr(target, k) > getattr(full, k) for k in vars(full)):
-        raise InputError(f"target shape {target} is larger than the model's {full}")
-    heads = cfg.kv_heads * model.config.num_attention_heads // model.config.num_key_value_heads
-    if cfg.hidden % heads:  # transformers' Llama/Qwen2 configs refuse it, so the export would not load
-        raise InputError(f"hidden {cfg.hidden} is not a multiple of the {heads} attention heads kept", field="hidden")
     before = non_embedding_params(model)
     task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup)
     history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
     return _summary(cfg, "prune", history, before, Path(cfg.output_dir) / "final", full)
+
+
+def check_target(cfg: PruneConfig, config) -> tuple[Shape, Shape]:
+    """The model's shape and the target's, or a one-line error for a target that cannot be exported."""
+    target, full = Shape(cfg.layers, cfg.hidden, cfg.kv_heads, cfg.intermediate), Shape.of(config)
+    if any(getattr(target, k) > getattr(full, k) for k in vars(full)):
+        raise InputError(f"target shape {target} is larger than the model's {full}")
+    heads = cfg.kv_heads * config.num_attention_heads // config.num_key_value_heads
+    if cfg.hidden % heads:  # transformers' Llama/Qwen2 configs refuse it, so the export would not load
+        raise InputError(f"hidden {cfg.hidden} is not a multiple of the {heads} attention heads kept", field="hidden")
+    return full, target
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
