@@ -46,7 +46,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 9
     raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
-def start_server(index: Path, key_env: str, tmp_path_factory):
+def start_server(index: Path, key_env: str, tmp_path_factory, *extra: str):
     """Base URL of `irlm serve --index` on the CPU; the key (when key_env is KEY_ENV) is set in its environment."""
     port = free_port()
     env = {**os.environ, KEY_ENV: KEY, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -54,7 +54,7 @@ def start_server(index: Path, key_env: str, tmp_path_factory):
     with open(log, "wb") as out:
         # the CPU, as the test's in-process retriever, so both compute the very same scores
         cmd = [sys.executable, "-m", "irlm.cli", "serve", "--index", str(index), "--port", str(port),
-               "--api-key-env", key_env, "--batch-size", "8", "--device", "cpu"]  # fmt: skip
+               "--api-key-env", key_env, "--batch-size", "8", "--device", "cpu", *extra]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,8 +66,13 @@ def start_server(index: Path, key_env: str, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return load_beir(write_beir(tmp_path_factory.mktemp("toy") / "toy", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)).corpus
+def toy_dir(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("toy") / "toy", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)
+
+
+@pytest.fixture(scope="module")
+def corpus(toy_dir):
+    return load_beir(toy_dir).corpus
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +142,36 @@ def test_dense_results_equal_the_library(dense_url, dense):
             got = search(dense_url, query, k)
             assert len(got) == min(k, len(TOY_CORPUS))
             assert_same_ranking(got, expected(dense[1], query, k), exact=False)
+
+
+def test_hybrid_and_generative_results_equal_the_library(bm25, dense, toy_dir, lm_dir, tmp_path_factory):
+    """Any retriever folder serves: an RRF hybrid of the two above, and a Self-Retrieval model folder (an
+    untrained tiny LM: trie-constrained beams are deterministic, so the server must rank exactly as we do)."""
+    from irlm.index import HybridRetriever
+    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+    from irlm.methods.selfretrieval.retriever import SelfRetriever
+
+    hybrid_dir = tmp_path_factory.mktemp("hybrid") / "index"
+    HybridRetriever([bm25[1], dense[1]], "rrf").save(hybrid_dir)
+    hybrid = load_retriever(hybrid_dir)
+    for url in start_server(hybrid_dir, "IRLM_TEST_SEARCH_NO_KEY", tmp_path_factory):
+        assert httpx.get(f"{url}/health").json()["kind"] == "hybrid"
+        for query in QUERIES[:4]:
+            assert_same_ranking(search(url, query, 3), expected(hybrid, query, 3), exact=False)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = SelfRetrievalConfig(data=str(toy_dir), title_beams=2, passage_beams=2, max_passage_tokens=12)
+    sr_dir = tmp_path_factory.mktemp("selfretrieval")
+    model = AutoModelForCausalLM.from_pretrained(lm_dir)
+    selfr = SelfRetriever(model, AutoTokenizer.from_pretrained(lm_dir), load_beir(toy_dir).corpus, cfg)
+    selfr.save(sr_dir)
+    for url in start_server(sr_dir, "IRLM_TEST_SEARCH_NO_KEY", tmp_path_factory, "--data", str(toy_dir)):
+        assert httpx.get(f"{url}/health").json()["kind"] == "selfretrieval"
+        for query in QUERIES[:3]:
+            want = expected(selfr, query, 5)
+            assert want, "an untrained model still reaches trie entries"
+            assert_same_ranking(search(url, query, 5), want, exact=False)
 
 
 @pytest.mark.parametrize("which", ["bm25", "dense"])
