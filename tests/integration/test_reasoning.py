@@ -66,10 +66,31 @@ def test_equal_rewards_give_no_policy_gradient(emb, monkeypatch):
 
 def test_in_batch_ranks():
     task = tasks.GRPOTask.__new__(tasks.GRPOTask)
-    task.group, task.rank_fn = 2, None
+    task.group, task.env = 2, None
     docs = torch.eye(2)
     q = torch.tensor([[1.0, 0.0], [0.2, 0.9], [0.0, 1.0], [0.9, 0.1]])  # samples 0-1: query 0; 2-3: query 1
     assert task._ranks(q, docs, [{}, {}]) == [1, 2, 1, 2]
+
+
+def test_grpo_ranks_against_the_corpus_through_the_environment(emb):
+    """With an env, ranks are over the whole corpus (reward n = corpus size) and each step re-encodes the
+    positives, the samples' top-k neighbours and a rolling slice, not the corpus."""
+    from irlm.methods.reasoning.env import SelectiveIndex
+
+    docs = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(40)}
+    docs.update({"p0": EXAMPLES[0]["positive"], "p1": EXAMPLES[1]["positive"]})
+    env = SelectiveIndex(list(docs), lambda ids: emb.encode_docs([docs[i] for i in ids]), top_k=3, slice_size=5)
+    seen = []
+    task = tasks.GRPOTask(emb, preset="lrem", group=2, env=env)
+    real_reward = task.reward_fn
+    task.reward_fn = lambda texts, lengths, ranks, n: seen.append((list(ranks), n)) or real_reward(texts, lengths,
+                                                                                                  ranks, n)
+    examples = [{**ex, "positive_id": f"p{i}"} for i, ex in enumerate(EXAMPLES)]
+    before = env.encoded
+    parts = task.step(examples, seed=2)
+    ranks, n = seen[0]
+    assert n == 42 and len(ranks) == 4 and all(1 <= r <= 42 for r in ranks)
+    assert parts["reencoded"] == env.encoded - before and 2 + 5 <= parts["reencoded"] <= 2 + 4 * 3 + 5
 
 
 def test_rewards_presets():
@@ -93,7 +114,8 @@ def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
                                  **common))  # fmt: skip
     assert cold["examples"] == 3 and set(cold["final"]) >= {"sft", "infonce"}
     grpo = train(ReasoningConfig(stage="grpo", model=str(tmp_path / "cold" / "final"), group=2,
-                                 output_dir=str(tmp_path / "grpo"), steps=1, **common))  # fmt: skip
-    assert "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
+                                 output_dir=str(tmp_path / "grpo"), steps=1, rank_against="corpus", env_slice=2,
+                                 **common))  # fmt: skip
+    assert grpo["final"]["reencoded"] >= 2 and "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
     log = [json.loads(line) for line in open(tmp_path / "grpo" / "log.jsonl")]
     assert "reward_mean" in log[-1]

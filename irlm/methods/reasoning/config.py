@@ -29,6 +29,12 @@ class ReasoningConfig:
     clip: float = 0.2
     sample_temperature: float = 1.0
     temperature: float = 0.05  # InfoNCE
+    # what a GRPO sample is ranked against: batch (LREM: the batch's documents) or corpus (Search-R3's
+    # environment: the whole corpus, kept current by selective re-embedding, irlm/methods/reasoning/env.py)
+    rank_against: str = "batch"
+    env_docs: int = 0  # corpus: the first N documents plus every train positive (0 = the whole corpus)
+    env_top_k: int = 10  # corpus: each step re-encodes the samples' top-k neighbours ...
+    env_slice: int = 64  # ... and this many more documents of a rolling schedule
     steps: int = 50
     batch_size: int = 16
     lr: float = 1e-5

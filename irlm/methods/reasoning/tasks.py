@@ -77,15 +77,16 @@ REWARDS = {"lrem": lrem_rewards, "searchr3": searchr3_rewards}
 
 
 class GRPOTask:
-    """Examples: dicts with query and positive. The batch's positives are the documents ranked
-    against (LREM's "rank among the batch's N documents"), unless `rank_fn` ranks against a corpus."""
+    """Examples: dicts with query and positive (and positive_id with an env). Each sample is ranked against
+    the batch's documents (LREM's "rank among the batch's N documents"), or, given `env` (a SelectiveIndex,
+    Search-R3's environment), against the whole corpus, whose embeddings the env refreshes in part each step."""
 
     def __init__(self, emb: ReasoningEmbedder, preset: str = "lrem", group: int = 8, gamma_grpo: float = 1.0,
                  gamma_nce: float = 0.1, clip: float = 0.2, temperature: float = 0.05, sample_temperature: float = 1.0,
-                 rank_fn=None):  # fmt: skip
+                 env=None):  # fmt: skip
         self.emb, self.reward_fn, self.group = emb, REWARDS[preset], group
         self.gamma_grpo, self.gamma_nce, self.clip = gamma_grpo, gamma_nce, clip
-        self.temperature, self.sample_temperature, self.rank_fn = temperature, sample_temperature, rank_fn
+        self.temperature, self.sample_temperature, self.env = temperature, sample_temperature, env
         self.last_rewards: list[float] = []
 
     def parameters(self):
@@ -107,21 +108,26 @@ class GRPOTask:
         q, logits, ids, _ = emb.forward(rows, logits=True)
         docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
         ranks = self._ranks(q.detach(), docs.detach(), examples)
+        n_docs = len(self.env.doc_ids) if self.env is not None else len(examples)
         texts = [R.THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
         lengths = [len(t) for t, _ in samples]
-        reward = torch.tensor(self.reward_fn(texts, lengths, ranks, len(examples)), dtype=torch.float32)
+        reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
         adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
         logp, mask = self._token_logprobs(logits, ids, starts, rows)
         policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
         nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
         ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
         self.last_rewards = reward.tolist()
-        return {"grpo": policy.item(), "infonce": nce.item(), "reward_mean": reward.mean().item(),
+        extra = {"reencoded": float(self.last_refresh)} if self.env is not None else {}
+        return {**extra, "grpo": policy.item(), "infonce": nce.item(), "reward_mean": reward.mean().item(),
                 "reward_max": reward.max().item(), "clip_fraction": float(parts["clip_fraction"])}  # fmt: skip
 
     def _ranks(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict]) -> list[int]:
-        if self.rank_fn is not None:
-            return self.rank_fn(q.cpu().numpy(), [ex.get("positive_id") for ex in examples for _ in range(self.group)])
+        if self.env is not None:
+            positives = [ex["positive_id"] for ex in examples for _ in range(self.group)]
+            vectors = q.float().cpu().numpy()
+            self.last_refresh = len(self.env.refresh(vectors, list(dict.fromkeys(positives))))
+            return self.env.ranks(vectors, positives)
         scores = q @ docs.T  # (B*G, B): each sample against the batch's documents
         own = scores[torch.arange(len(q)), torch.arange(len(q), device=q.device) // self.group]
         return (1 + (scores > own[:, None]).sum(-1)).tolist()

@@ -97,7 +97,7 @@ def train(cfg: ReasoningConfig) -> dict:
     else:
         examples = pairs(cfg.data, cfg.train_split)
         task = GRPOTask(emb, cfg.preset, cfg.group, cfg.gamma_grpo, cfg.gamma_nce, cfg.clip, cfg.temperature,
-                        cfg.sample_temperature)  # fmt: skip
+                        cfg.sample_temperature, env=environment(emb, cfg, examples))  # fmt: skip
     tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                      precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
     history = Trainer(task, examples, tc).fit() if cfg.steps else []
@@ -110,6 +110,21 @@ def train(cfg: ReasoningConfig) -> dict:
     print(json.dumps({"method": "reasoning", "stage": cfg.stage, "output_dir": cfg.output_dir,
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
     return results
+
+
+def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dict]):
+    """None (rank within the batch), or the corpus index GRPO ranks against, refreshed in part each step."""
+    from irlm.methods.reasoning.env import SelectiveIndex
+
+    if cfg.rank_against not in ("batch", "corpus"):
+        raise InputError(f"rank_against must be batch or corpus, not '{cfg.rank_against}'", field="rank_against")
+    if cfg.rank_against == "batch":
+        return None
+    texts = {d.id: d.full_text() for d in load_dataset(cfg.data).corpus.docs}
+    ids = list(texts)[: cfg.env_docs or None]
+    kept = set(ids)
+    ids += [p for p in dict.fromkeys(ex["positive_id"] for ex in examples) if p not in kept]
+    return SelectiveIndex(ids, lambda batch: emb.encode_docs([texts[i] for i in batch]), cfg.env_top_k, cfg.env_slice)
 
 
 def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str = "self", split: str = "test",
