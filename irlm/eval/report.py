@@ -14,7 +14,7 @@ from irlm.errors import InputError
 from irlm.utils import write_json
 
 HEADLINE = ("ndcg@10", "mrr@5", "hits@5")  # the first a system has is its table and chart value
-NOT_LOSS = {"step", "lr", "grad_norm", "elapsed_s"}
+NOT_LOSS = {"step", "lr", "grad_norm", "elapsed_s", "reencoded", "clip_fraction"}  # bookkeeping, not losses
 
 
 def metric_rows(state: dict) -> list[dict]:
@@ -108,27 +108,41 @@ def metrics_chart(rows: list[dict], out: Path) -> Path | None:
     return _save(fig, plt, out / "metrics.png")
 
 
-def curves_chart(logs: dict[str, list[dict]], out: Path, kind: str) -> Path | None:
-    """Loss parts (every logged number that is not bookkeeping or a reward), or reward curves."""
+def curve_panels(logs: dict[str, list[dict]], kind: str) -> dict[str, list[tuple[str, list, list]]]:
+    """Per training stage, the (name, steps, values) series to draw: loss parts (every logged number that is
+    not bookkeeping, a pruning gate's keep rate or a reward), or rewards."""
     def wanted(key: str) -> bool:
-        return ("reward" in key) if kind == "reward" else (key not in NOT_LOSS and "reward" not in key)
+        if kind == "reward":
+            return "reward" in key
+        return key not in NOT_LOSS and "reward" not in key and not key.startswith("keep_")
 
-    series = []
+    panels = {}
     for run, rows in logs.items():
         for key in dict.fromkeys(k for r in rows for k in r):
-            if wanted(key):
-                kept = [r for r in rows if key in r]
-                series.append((f"{run}: {key}", [r["step"] for r in kept], [r[key] for r in kept]))
-    series = [s for s in series if s[1] and all(isinstance(v, int | float) for v in s[2])]
-    if not series:
+            kept = [r for r in rows if key in r]
+            if wanted(key) and kept and all(isinstance(r[key], int | float) for r in kept):
+                panels.setdefault(run, []).append((key, [r["step"] for r in kept], [r[key] for r in kept]))
+    return panels
+
+
+def curves_chart(logs: dict[str, list[dict]], out: Path, kind: str) -> Path | None:
+    """One panel per training stage, since their step counts and scales differ."""
+    panels = curve_panels(logs, kind)
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, steps, values in series:
-        ax.plot(steps, values, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(kind)
-    ax.legend(fontsize="small")
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3 * rows_n), squeeze=False)
+    for ax, (run, series) in zip(axes.flat, panels.items()):
+        for key, steps, values in series:
+            ax.plot(steps, values, label=key)
+        ax.set_title(run, fontsize="medium")
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.supylabel(kind)
     fig.tight_layout()
     return _save(fig, plt, out / f"{kind}.png")
 

@@ -120,6 +120,20 @@ def test_report_tables_and_charts(tmp_path):
         write_report(tmp_path / "nothing")
 
 
+def test_curve_panels_split_by_stage_and_keep_losses_apart_from_bookkeeping():
+    from irlm.eval.report import curve_panels
+
+    logs = {"prune": [{"step": 1, "lm": 4.0, "penalty": 0.0, "keep_layers": 0.99, "lr": 1e-4},
+                      {"step": 2, "lm": 3.5, "penalty": 0.2, "keep_layers": 0.9, "lr": 1e-4}],
+            "grpo": [{"step": 1, "grpo": 0.1, "infonce": 2.0, "reward_mean": 0.4, "reencoded": 80.0,
+                      "clip_fraction": 0.0}]}  # fmt: skip
+    loss = curve_panels(logs, "loss")
+    assert {run: [k for k, _, _ in series] for run, series in loss.items()} == {
+        "prune": ["lm", "penalty"], "grpo": ["grpo", "infonce"]}
+    assert loss["prune"][0] == ("lm", [1, 2], [4.0, 3.5])
+    assert curve_panels(logs, "reward") == {"grpo": [("reward_mean", [1], [0.4])]}
+
+
 def test_real_stages_through_the_cli(tmp_path, toy_beir):
     from irlm.data import load_dataset
     from irlm.eval import evaluate
