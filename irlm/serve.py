@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException
 from irlm.batching import MicroBatcher
 from irlm.errors import InputError
 from irlm.index import load_retriever
-from irlm.models.generator.server import field_path, is_loopback
+from irlm.models.generator.server import bearer_ok, field_path, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +255,7 @@ def key_checker(api_key: str | None):
     """A dependency that accepts everything without a key, else only `Authorization: Bearer <key>`."""
 
     def check(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        # constant-time comparison: response timing must not reveal how much of a guessed key was right
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if not bearer_ok(request, api_key):
             raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'")
 
     return check

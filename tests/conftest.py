@@ -134,3 +134,31 @@ def bert_encoder(bert_dir):
     from irlm.models.encoder import LLMEncoder
 
     return LLMEncoder.from_pretrained(str(bert_dir), device="cpu", dtype="fp32")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for the tests' real server processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc, log: Path, timeout: float = 90) -> None:
+    """Wait for GET url/health to answer 200; fail with the server's log if it exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")

@@ -5,17 +5,15 @@ for every kind of bad input."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import TOY_CORPUS, TOY_QRELS, TOY_QUERIES, write_beir
+from conftest import TOY_CORPUS, TOY_QRELS, TOY_QUERIES, free_port, wait_healthy, write_beir
 
 from irlm.data.beir import load_beir
 from irlm.index import BM25Retriever, DenseRetriever, load_retriever
@@ -24,26 +22,6 @@ KEY_ENV, KEY = "IRLM_TEST_SEARCH_KEY", "test-search-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MORE = ["the cat on the mat", "river egypt", "flour water salt", "café ☕ 東京", "dogs, cats, bread and rivers"]
 QUERIES = [q["text"] for q in TOY_QUERIES] + MORE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
 def start_server(index: Path, key_env: str, tmp_path_factory, *extra: str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port, wait_healthy
 
 from irlm.errors import InputError
 from irlm.models.generator.base import BudgetExceeded, SamplingParams
@@ -26,26 +26,6 @@ CHATS = [[{"role": "user", "content": f"Write a search query about {t}."}] for t
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a protein."}]
 ]
 PLAIN = ["The mitochondria is", "Query for: vitamin D and bone density", "A", "Sourdough starter needs flour and"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
 @pytest.fixture(scope="module")

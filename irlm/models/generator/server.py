@@ -220,15 +220,20 @@ def envelope(prefix: str, kind: str, model: str, choices: list[dict], gens: list
             "choices": choices, "usage": usage}  # fmt: skip
 
 
+def bearer_ok(request: Request, api_key: str | None) -> bool:
+    """True without a key, else only for `Authorization: Bearer <key>`."""
+    if api_key is None:
+        return True
+    given = request.headers.get("authorization", "")
+    # constant-time comparison: response timing must not reveal how much of a guessed key was right
+    return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+
 def key_checker(api_key: str | None):
     """A dependency that accepts everything without a key, else only `Authorization: Bearer <key>`."""
 
     def check(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        # constant-time comparison: response timing must not reveal how much of a guessed key was right
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if not bearer_ok(request, api_key):
             raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
     return check
