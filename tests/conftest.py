@@ -162,3 +162,23 @@ def wait_healthy(url: str, proc, log: Path, timeout: float = 90) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def torchrun(args: list, env: dict, timeout: float = 300) -> None:
+    """`python -m torch.distributed.run --nproc_per_node=2 ARGS` on a fresh port, failing with its stderr.
+
+    One retry: the port is free when picked but can be taken before the launcher binds it, and a rendezvous
+    on a loaded 2-core machine has failed once without a trace. A real bug fails both times."""
+    import subprocess
+    import sys
+    import warnings
+
+    for attempt in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               *map(str, args)]  # fmt: skip
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if res.returncode == 0:
+            return
+        if attempt == 1:
+            warnings.warn(f"torchrun failed once ({res.returncode}), retrying:\n{res.stderr[-2000:]}", stacklevel=2)
+    raise AssertionError(f"torchrun exited with {res.returncode}:\n{res.stderr[-4000:]}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
+from conftest import torchrun
 
 from irlm.index import DenseIndex
 from irlm.index.sharded import shard_bounds
@@ -21,12 +21,6 @@ def test_shard_bounds_cover_everything_once():
             assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_encode_equals_one(tmp_path, llama_dir, toy_beir):
     common = ["encode", "--data", str(toy_beir), "--model", str(llama_dir), "--dtype", "fp32", "--device", "cpu"]
     entry = ["-c", "from irlm.cli import run; run()"]
@@ -35,9 +29,7 @@ def test_two_process_encode_equals_one(tmp_path, llama_dir, toy_beir):
                    capture_output=True, timeout=300)  # fmt: skip
     script = tmp_path / "entry.py"
     script.write_text("from irlm.cli import run\nrun()\n")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    f"--master_port={_free_port()}", str(script), *common, "--out", str(tmp_path / "two")],
-                   check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
+    torchrun([script, *common, "--out", tmp_path / "two"], env)
     one, two = DenseIndex.load(tmp_path / "one"), DenseIndex.load(tmp_path / "two")
     assert two.ids == one.ids and len(one) > 2
     np.testing.assert_allclose(two.vectors, one.vectors, atol=1e-5)

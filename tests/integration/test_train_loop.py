@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
@@ -69,20 +69,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert steps == list(range(1, 11))  # no step logged twice, none lost
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("cache_chunk", [0, 2])
 def test_two_processes_equal_one(tmp_path, cache_chunk):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     run_script(tmp_path / "a", 1, "--grads", one, "--cache-chunk", cache_chunk)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                    str(SCRIPTS / "train_run.py"), str(tmp_path / "b"), "1", "--grads", str(two),
-                    "--cache-chunk", str(cache_chunk)], check=True, capture_output=True, timeout=300, env=env)  # fmt: skip
+    torchrun([SCRIPTS / "train_run.py", tmp_path / "b", "1", "--grads", two, "--cache-chunk", cache_chunk], env)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     # two half-batch sums averaged by all-reduce round differently from one full-batch sum: one element in a
