@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,3 +134,14 @@ class MicroBatcher:
             self.batches, self.items = self.batches + 1, self.items + len(batch)
         for p, r in zip(batch, results):
             p.future.set_result(r)
+
+
+def closing_lifespan(batcher: MicroBatcher):
+    """A FastAPI lifespan that stops the batcher's worker thread when the app shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    return lifespan

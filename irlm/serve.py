@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from irlm.batching import MicroBatcher
+from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.errors import InputError
 from irlm.index import load_retriever
 from irlm.models.generator.server import bearer_ok, field_path, is_loopback
@@ -190,12 +189,7 @@ def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY",
                            key=lambda item: item[0])  # fmt: skip
     metrics = Metrics()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        batcher.close()
-
-    app = FastAPI(title="irlm search", lifespan=lifespan)
+    app = FastAPI(title="irlm search", lifespan=closing_lifespan(batcher))
     add_error_handlers(app)
     add_metrics(app, metrics)
     api_key = os.environ.get(api_key_env) if api_key_env else None

@@ -107,6 +107,7 @@ class GRPOTask:
                 starts.append(start)
         q, logits, ids, _ = emb.forward(rows, logits=True)
         docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
+        encoded_before = self.env.encoded if self.env is not None else 0
         ranks = self._ranks(q.detach(), docs.detach(), examples)
         n_docs = len(self.env.doc_ids) if self.env is not None else len(examples)
         texts = [R.THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
@@ -118,7 +119,7 @@ class GRPOTask:
         nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
         ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
         self.last_rewards = reward.tolist()
-        extra = {"reencoded": float(self.last_refresh)} if self.env is not None else {}
+        extra = {"reencoded": float(self.env.encoded - encoded_before)} if self.env is not None else {}
         return {**extra, "grpo": policy.item(), "infonce": nce.item(), "reward_mean": reward.mean().item(),
                 "reward_max": reward.max().item(), "clip_fraction": float(parts["clip_fraction"])}  # fmt: skip
 
@@ -126,7 +127,7 @@ class GRPOTask:
         if self.env is not None:
             positives = [ex["positive_id"] for ex in examples for _ in range(self.group)]
             vectors = q.float().cpu().numpy()
-            self.last_refresh = len(self.env.refresh(vectors, list(dict.fromkeys(positives))))
+            self.env.refresh(vectors, list(dict.fromkeys(positives)))
             return self.env.ranks(vectors, positives)
         scores = q @ docs.T  # (B*G, B): each sample against the batch's documents
         own = scores[torch.arange(len(q)), torch.arange(len(q), device=q.device) // self.group]

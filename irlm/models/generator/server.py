@@ -17,7 +17,6 @@ import logging
 import os
 import time
 import uuid
-from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -26,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
-from irlm.batching import MicroBatcher
+from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.errors import InputError
 from irlm.models.generator.base import BudgetExceeded, Generation, Generator, Prompt, SamplingParams
 
@@ -137,12 +136,7 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=5, key=sampling_key)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        batcher.close()
-
-    app = FastAPI(title="irlm generator", lifespan=lifespan)
+    app = FastAPI(title="irlm generator", lifespan=closing_lifespan(batcher))
     add_error_handlers(app)
     v1 = APIRouter(dependencies=[Depends(key_checker(api_key))])
     add_routes(v1, generator, batcher)
