@@ -153,6 +153,7 @@ TRAINERS = {  # method -> (config module, config class, train module)
     "anchor": ("irlm.methods.anchor.config", "AnchorConfig", "irlm.methods.anchor.train"),
     "drama": ("irlm.methods.drama.config", "RetrieverConfig", "irlm.methods.drama.train"),
     "selfretrieval": ("irlm.methods.selfretrieval.config", "SelfRetrievalConfig", "irlm.methods.selfretrieval.train"),
+    "reasoning": ("irlm.methods.reasoning.config", "ReasoningConfig", "irlm.methods.reasoning.train"),
 }
 
 

@@ -99,4 +99,18 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
     unknown = sorted(set(values) - known - {"expected"})  # `expected`: the numbers a recipe should reach
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}", str(path) if path else None)
-    return cls(**{k: v for k, v in values.items() if k in known})
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    return cls(**{k: _as_declared(k, v, types[k], path) for k, v in values.items() if k in known})
+
+
+def _as_declared(key: str, value, declared: str, path):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; a setting declared float or int gets the number."""
+    from irlm.errors import InputError
+
+    kind = declared.removesuffix(" | None")
+    if not isinstance(value, str) or kind not in ("float", "int"):
+        return value
+    try:
+        return float(value) if kind == "float" else int(value)
+    except ValueError:
+        raise InputError(f"setting {key}: expected {kind}, got '{value}'", str(path) if path else None) from None

@@ -171,3 +171,20 @@ def test_train_stage_feeds_a_later_eval_stage(tmp_path, toy_beir, llama_dir):
     assert (tmp_path / "run" / "train" / "final" / "config.json").is_file()
     assert state["score"]["result"]["system"] == str(tmp_path / "run" / "train") + "/final"
     assert state["score"]["result"]["metrics"]["toy"]["ndcg@10"] == pytest.approx(trained["ndcg@10"], abs=0.02)
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p) for p in Path("recipes").glob("*.yaml")
+                                          if "stages" in yaml.safe_load(p.read_text())))  # fmt: skip
+def test_shipped_pipelines_name_known_methods_and_settings(recipe):
+    """Every train stage of a shipped pipeline builds its method's config (a typo'd key is an error)."""
+    import importlib
+
+    _, stages = pipeline.load_recipe(recipe)
+    folders = {st["name"]: Path("run") / st["name"] for st in stages}
+    trains = [pipeline.resolve_refs(dict(st), folders) for st in stages if st["kind"] == "train"]
+    for st in trains:
+        module, cls, _ = pipeline.TRAINERS[st["method"]]
+        settings = {k: v for k, v in st.items() if k not in ("name", "kind", "method")}
+        cfg = pipeline._config(getattr(importlib.import_module(module), cls), settings, output_dir="x")
+        assert cfg.output_dir == "x" and all(getattr(cfg, k) == v for k, v in settings.items() if k != "config")
+    assert all(st["kind"] in pipeline.STAGES for st in stages)

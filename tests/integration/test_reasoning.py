@@ -106,7 +106,10 @@ def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
     common = {"data": str(toy_beir), "train_split": "test", "eval_data": [str(toy_beir)], "teacher": str(lm_dir),
               "reasoning_file": str(tmp_path / "r.jsonl"), "max_length": 48, "reasoning_tokens": 4,
               "batch_size": 2, "precision": "fp32", "save_every": 0, "device": "cpu"}  # fmt: skip
+    capped = train(ReasoningConfig(stage="data", max_queries=2, **common))
+    assert capped["examples"] == capped["this_run"] == 2  # the first two queries only
     made = train(ReasoningConfig(stage="data", **common))
+    assert made["this_run"] == 1  # the cap lifted: only the third query is new
     rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
     assert made["examples"] == len(rows) == 3 and {"raw", "reasoning", "teacher", "prompt_version"} <= set(rows[0])
     assert train(ReasoningConfig(stage="data", **common))["this_run"] == 0  # resumed: nothing left to do
@@ -119,3 +122,27 @@ def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
     assert grpo["final"]["reencoded"] >= 2 and "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
     log = [json.loads(line) for line in open(tmp_path / "grpo" / "log.jsonl")]
     assert "reward_mean" in log[-1]
+
+
+def test_reasoning_ablations_replace_what_fills_think():
+    from irlm.errors import InputError
+    from irlm.methods.reasoning.train import replace_reasoning
+
+    rows = [{"query_id": "a", "query": "tea", "reasoning": "cold, iced, lemonade"},
+            {"query_id": "a", "query": "tea", "reasoning": "cold, iced, lemonade"},
+            {"query_id": "b", "query": "qubits", "reasoning": "superposition, spin"}]  # fmt: skip
+    assert replace_reasoning(rows, "teacher") == rows
+    assert [r["reasoning"] for r in replace_reasoning(rows, "nothing")] == ["", "", ""]
+    assert [r["reasoning"] for r in replace_reasoning(rows, "query")] == ["tea", "tea", "qubits"]
+    assert [r["reasoning"] for r in replace_reasoning(rows, "none")] == [None, None, None]
+    rand = [r["reasoning"].split(", ") for r in replace_reasoning(rows, "random", seed=1)]
+    pool = {"cold", "iced", "lemonade", "superposition", "spin"}
+    assert [len(r) for r in rand] == [3, 3, 2] and rand[0] == rand[1] and set(sum(rand, [])) <= pool
+    assert rand == [r["reasoning"].split(", ") for r in replace_reasoning(rows, "random", seed=1)]
+    with pytest.raises(InputError, match="reasoning must be one of"):
+        replace_reasoning(rows, "shuffled")
+
+
+def test_empty_reasoning_is_an_empty_think_block(emb):
+    row, start = emb.query_ids("tea", "")
+    assert row[start - 1 :] == [emb.think, emb.end, emb.emb]

@@ -19,6 +19,11 @@ class ReasoningConfig:
     reasoning_tokens: int = 16  # LREM: reasoning of at most 16 tokens
     max_keywords: int = 16
     max_length: int = 128
+    max_queries: int = 0  # stage data: reason about the first N train queries only (0 = all)
+    # what fills <think> in cold start: teacher (the data file's keywords) or an ablation (LREM §4):
+    # nothing (an empty <think></think>), random (keywords of other queries), query (the query repeated),
+    # none (no think block at all: direct embedding, evaluated without reasoning)
+    reasoning: str = "teacher"
     # cold start (LREM: lambda1 0.1, lambda2 1, lr 1e-5 cosine, warm-up 3 %, batch 128, 1 epoch)
     lambda_sft: float = 0.1
     lambda_nce: float = 1.0

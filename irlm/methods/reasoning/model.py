@@ -68,7 +68,10 @@ class ReasoningEmbedder:
         if reasoning is None:
             return self.ids(query)[: self.max_length - 1] + [self.emb], -1
         prompt = self.prompt_ids(query)
-        thought = self.ids(" " + reasoning) if isinstance(reasoning, str) else list(reasoning)
+        if isinstance(reasoning, str):
+            thought = self.ids(" " + reasoning) if reasoning else []
+        else:
+            thought = list(reasoning)
         return prompt + thought[: self.reasoning_tokens] + [self.end, self.emb], len(prompt)
 
     def doc_ids(self, text: str) -> list[int]:

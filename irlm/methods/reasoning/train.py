@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from irlm.data import load_dataset
@@ -25,6 +27,7 @@ from irlm.utils import write_json
 
 PROMPT_VERSION = "reasoning-v1"
 STAGES = ("data", "coldstart", "grpo")
+SOURCES = ("teacher", "nothing", "random", "query", "none")
 
 
 def teacher_prompt(query: str) -> list[dict]:
@@ -51,14 +54,16 @@ def make_reasoning(cfg: ReasoningConfig) -> dict:
     out = Path(cfg.reasoning_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["query_id"] for line in out.open()} if out.exists() else set()
-    todo = [p for p in pairs(cfg.data, cfg.train_split) if p["query_id"] not in done]
-    todo = list({p["query_id"]: p for p in todo}.values())  # one reasoning per query
+    todo = list({p["query_id"]: p for p in pairs(cfg.data, cfg.train_split)}.values())  # one per query
+    todo = [p for p in todo[: cfg.max_queries or None] if p["query_id"] not in done]
     gen = load_generator(cfg.teacher, device=cfg.device)
     with out.open("a", encoding="utf-8") as f:
         for i in tqdm(range(0, len(todo), 8), desc="reasoning", unit="batch"):
             batch = todo[i : i + 8]
             for p, g in zip(batch, gen.generate([teacher_prompt(p["query"]) for p in batch])):
-                keywords = condense(g.text, p["query"], cfg.max_keywords)
+                # the prompt's own words (the query and the instruction) are dropped: a small teacher
+                # echoes "user", "searched", "document" back, which says nothing about the query
+                keywords = condense(g.text, teacher_prompt(p["query"])[0]["content"], cfg.max_keywords)
                 row = {**p, "reasoning": render(keywords), "raw": g.text, "teacher": cfg.teacher,
                        "prompt_version": PROMPT_VERSION}  # fmt: skip
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -82,9 +87,34 @@ def read_reasoning(path: str, data: str, split: str) -> list[dict]:
     return [{**p, "reasoning": by_query[p["query_id"]]} for p in pairs(data, split) if p["query_id"] in by_query]
 
 
+def check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise InputError(f"reasoning must be one of {', '.join(SOURCES)}, not '{source}'", field="reasoning")
+
+
+def replace_reasoning(examples: list[dict], source: str, seed: int = 0) -> list[dict]:
+    """The cold-start examples with <think> filled from `source` (SOURCES): the teacher's keywords as
+    read, or an ablation. `random` draws as many keywords as the teacher wrote, from the other queries'
+    keywords, fixed per query so a query's positives share one text; `none` drops the think block."""
+    check_source(source)
+    if source == "teacher":
+        return examples
+    pool = sorted({w for ex in examples for w in ex["reasoning"].split(", ") if w})
+
+    def fill(ex: dict) -> str | None:
+        if source == "random":
+            rng = random.Random(f"{seed}:{ex['query_id']}")
+            n = len([w for w in ex["reasoning"].split(", ") if w])
+            return ", ".join(rng.sample(pool, min(n, len(pool))))
+        return {"nothing": "", "query": ex["query"], "none": None}[source]
+
+    return [{**ex, "reasoning": fill(ex)} for ex in examples]
+
+
 def train(cfg: ReasoningConfig) -> dict:
     if cfg.stage not in STAGES:
         raise InputError(f"unknown stage '{cfg.stage}' ({', '.join(STAGES)})")
+    check_source(cfg.reasoning)
     if cfg.stage == "data":
         return make_reasoning(cfg)
     init_distributed()
@@ -92,7 +122,8 @@ def train(cfg: ReasoningConfig) -> dict:
     emb = ReasoningEmbedder.from_pretrained(cfg.model, cfg.device, max_length=cfg.max_length,
                                             reasoning_tokens=cfg.reasoning_tokens)  # fmt: skip
     if cfg.stage == "coldstart":
-        examples = read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split)
+        examples = replace_reasoning(read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split),
+                                     cfg.reasoning, cfg.seed)  # fmt: skip
         task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature)
     else:
         examples = pairs(cfg.data, cfg.train_split)
@@ -104,8 +135,11 @@ def train(cfg: ReasoningConfig) -> dict:
     if world()[0] != 0:
         return {}
     emb.model.eval()
+    thinking = "none" if cfg.reasoning == "none" else cfg.eval_reasoning  # a model never taught to think
+    with torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        metrics = evaluate_reasoner(emb, cfg.eval_data, thinking)
     results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
-               "metrics": evaluate_reasoner(emb, cfg.eval_data, cfg.eval_reasoning)}  # fmt: skip
+               "metrics": metrics}
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "reasoning", "stage": cfg.stage, "output_dir": cfg.output_dir,
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip

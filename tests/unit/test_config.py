@@ -1,0 +1,36 @@
+"""Config loading: YAML plus key=value overrides into a settings dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from irlm.errors import InputError
+from irlm.utils import load_config
+
+
+@dataclass
+class Settings:
+    lr: float = 1.0
+    steps: int = 1
+    cap: float | None = None
+    name: str = "a"
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-5\nname: 1e3\n")  # YAML 1.1 reads both as strings
+    cfg = load_config(Settings, path, ["cap=2e-05", "steps=30"])
+    assert (cfg.lr, cfg.cap, cfg.steps, cfg.name) == (1e-5, 2e-5, 30, "1e3")
+    assert isinstance(cfg.lr, float) and isinstance(cfg.steps, int)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=fast", "setting lr: expected float, got 'fast'"),
+    ("stepz=3", "unknown setting"),
+    ("steps", "not key=value"),
+])  # fmt: skip
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(InputError, match=message):
+        load_config(Settings, None, [override])
