@@ -181,22 +181,29 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
     dtype: str | None = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
     device: str | None = DeviceOpt,
+    limit: int = typer.Option(0, help="Score the split's first N queries only (file order; 0 = all)."),
+    metrics: str | None = typer.Option(None, help="Comma-separated, e.g. hits@1,mrr@5 (default: the usual set)."),
 ) -> None:
     """Retrieve for a split's queries and score the run (nDCG@10, Recall@100, MRR@10, MAP, Hits@k)."""
     from irlm.data import load_dataset
-    from irlm.eval import evaluate, read_trec, write_trec
+    from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
+    from irlm.eval.metrics import check_metrics
 
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
+    chosen = [m.strip() for m in metrics.split(",")] if metrics else DEFAULT_METRICS
+    check_metrics(chosen)
+    queries = dict(list(ds.split_queries(split).items())[: limit or None])
     if run:
-        result = read_trec(run)
+        result = {q: docs for q, docs in read_trec(run).items() if q in queries}
     else:
         system = _system(retriever, data, model, device, index, fusion, weight, _encoder_options(dtype=dtype))
-        result = system.search(ds.split_queries(split), k)
+        result = system.search(queries, k)
     if out_run:
         write_trec(result, out_run)
-    metrics = evaluate(result, ds.qrels[split])
+    qrels = {q: judged for q, judged in ds.qrels[split].items() if q in queries}
+    metrics = evaluate(result, qrels, chosen)
     label = str(run or index or (model if retriever == "dense" else retriever))
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)
 

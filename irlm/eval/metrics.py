@@ -10,10 +10,23 @@ from irlm.types import Qrels, Run
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map", "hits@1", "hits@5", "hits@10")
 
 
+RANX_METRICS = {"hits", "hit_rate", "precision", "recall", "f1", "r-precision", "mrr", "map", "ndcg", "ndcg_burges"}
+KNOWN = ("ndcg@k", "recall@k", "precision@k", "mrr@k", "map", "hits@k")
+
+
 def _ranx_name(metric: str) -> str:
     # irlm's hits@k is the QA sense (share of queries with a relevant document in the top k),
     # which ranx calls hit_rate; ranx's own "hits" counts relevant documents instead.
     return metric.replace("hits@", "hit_rate@") if metric.startswith("hits@") else metric
+
+
+def check_metrics(metrics) -> list[str]:
+    """The ranx names of irlm metric names; an unknown one is an InputError, before any retrieval runs."""
+    names = [_ranx_name(m) for m in metrics]
+    unknown = [m for m, n in zip(metrics, names) if n.split("@")[0] not in RANX_METRICS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(KNOWN)})", field="metrics")
+    return names
 
 
 def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS, ignore_identical_ids: bool = True) -> dict[str, float]:
@@ -36,7 +49,7 @@ def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS, ignore_identical_i
     # ranx needs every judged query in the run; an empty ranking there means all metrics are 0
     sentinel = {"__none__": 0.0}
     filled = {q: (run.get(q) or sentinel) for q in judged}
-    names = [_ranx_name(m) for m in metrics]
+    names = check_metrics(metrics)
     with warnings.catch_warnings():  # numba warns about a uint64 cast inside ranx
         warnings.simplefilter("ignore")
         scores = ranx_evaluate(RQrels(judged), RRun(filled), names, make_comparable=True)
