@@ -100,7 +100,7 @@ class ReasoningEmbedder:
     def sample(self, queries: list[str], n: int, do_sample: bool = True, temperature: float = 1.0):
         """n reasoning continuations per query: (generated ids cut at </think>, raw generated ids)."""
         out = []
-        for q in queries:
+        for q in _progress(queries, "think", len(queries) * n):
             prompt = torch.tensor([self.prompt_ids(q)], device=self.device)
             gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=do_sample,
                                       temperature=temperature if do_sample else None, top_p=None, top_k=None,
@@ -117,8 +117,8 @@ class ReasoningEmbedder:
     @torch.inference_mode()
     def encode_docs(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         rows = [self.doc_ids(t) for t in texts]
-        return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy()
-                               for i in range(0, len(rows), batch_size)])  # fmt: skip
+        starts = _progress(range(0, len(rows), batch_size), "encode docs", len(rows))
+        return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy() for i in starts])
 
     @torch.inference_mode()
     def encode_queries(self, queries: list[str], reasonings: list | None = None, batch_size: int = 32):
@@ -127,6 +127,13 @@ class ReasoningEmbedder:
         rows = [self.query_ids(q, r)[0] for q, r in zip(queries, reasonings)]
         return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy()
                                for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+
+def _progress(items, desc: str, work: int):
+    """A progress bar for evaluation-sized work; GRPO's per-step calls stay quiet."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=work < 256, leave=False)
 
 
 def _until(row: list[int], stops: set[int]) -> list[int]:
