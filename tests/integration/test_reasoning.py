@@ -146,3 +146,12 @@ def test_reasoning_ablations_replace_what_fills_think():
 def test_empty_reasoning_is_an_empty_think_block(emb):
     row, start = emb.query_ids("tea", "")
     assert row[start - 1 :] == [emb.think, emb.end, emb.emb]
+
+
+def test_batched_thinking_equals_one_query_at_a_time(emb):
+    """Left-padded batches must not change what greedy decoding writes (positions follow the mask)."""
+    queries = ["tea", "a much longer query about quantum bits", "drink", "capital of france"]
+    alone = [emb.sample([q], 1, do_sample=False)[0] for q in queries]
+    assert emb.sample(queries, 1, do_sample=False, batch_size=4) == alone
+    groups = emb.sample(queries[:2], 3, temperature=1.0, batch_size=2)
+    assert len(groups) == 6 and all(len(t) <= emb.reasoning_tokens for t, _ in groups)

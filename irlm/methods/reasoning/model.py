@@ -97,22 +97,32 @@ class ReasoningEmbedder:
         return [seq for seq, _ in self.sample(queries, 1, do_sample=False)]
 
     @torch.inference_mode()
-    def sample(self, queries: list[str], n: int, do_sample: bool = True, temperature: float = 1.0):
-        """n reasoning continuations per query: (generated ids cut at </think>, raw generated ids)."""
-        out = []
-        for q in _progress(queries, "think", len(queries) * n):
-            prompt = torch.tensor([self.prompt_ids(q)], device=self.device)
-            gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=do_sample,
+    def sample(self, queries: list[str], n: int, do_sample: bool = True, temperature: float = 1.0,
+               batch_size: int = 32):  # fmt: skip
+        """n reasoning continuations per query, query-major: (generated ids cut at </think>, raw generated
+        ids). Prompts are generated in left-padded batches, so one decode step serves the whole batch."""
+        out, stops = [], {self.emb, self.tokenizer.eos_token_id}
+        starts = _progress(range(0, len(queries), batch_size), "think", len(queries) * n)
+        for i in starts:
+            ids, mask = self._left_padded([self.prompt_ids(q) for q in queries[i : i + batch_size]])
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=do_sample,
                                       temperature=temperature if do_sample else None, top_p=None, top_k=None,
                                       num_return_sequences=n, max_new_tokens=self.reasoning_tokens + 2,
                                       eos_token_id=[self.emb, self.tokenizer.eos_token_id],
                                       pad_token_id=self.pad)  # fmt: skip
-            stops = {self.emb, self.tokenizer.eos_token_id}
-            for row in gen[:, prompt.shape[1] :].tolist():
+            for row in gen[:, ids.shape[1] :].tolist():
                 raw = _until(row, stops)
                 thought = raw[: raw.index(self.end)] if self.end in raw else [t for t in raw if t not in stops]
                 out.append((thought[: self.reasoning_tokens], raw))
         return out
+
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :], mask[r, width - len(row) :] = torch.tensor(row), 1
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def encode_docs(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
