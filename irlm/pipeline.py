@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def resolve_refs(value, folders: dict[str, Path]):
     return value
 
 
+def claim(folder: Path, h: str) -> None:
+    """Mark the stage folder with the hash about to run. A folder left by a killed run of the same hash
+    is kept (its checkpoints resume); one from other settings is emptied, or the trainer would resume
+    from checkpoints of the old settings."""
+    mark = folder / ".stage_hash"
+    if folder.exists() and (not mark.is_file() or mark.read_text() != h):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mark.write_text(h)
+
+
 def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     """Run every stage whose hash is not yet recorded as finished; returns the state."""
     run_dir, stages = load_recipe(recipe)
@@ -94,6 +106,7 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
         else:
             stale = True  # this stage runs, so every later stage must too
             log.info("stage %s (%s): running", st["name"], st["kind"])
+            claim(folder, h)
             settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
             result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
             state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}

@@ -188,3 +188,27 @@ def test_shipped_pipelines_name_known_methods_and_settings(recipe):
         cfg = pipeline._config(getattr(importlib.import_module(module), cls), settings, output_dir="x")
         assert cfg.output_dir == "x" and all(getattr(cfg, k) == v for k, v in settings.items() if k != "config")
     assert all(st["kind"] in pipeline.STAGES for st in stages)
+
+
+def test_a_changed_stage_starts_empty_and_a_killed_one_keeps_its_checkpoints(tmp_path, monkeypatch):
+    seen, crash = [], {"on": True}
+
+    def stage(settings, folder, run_dir):
+        seen.append(sorted(p.name for p in folder.iterdir() if p.name != ".stage_hash"))
+        (folder / "checkpoint").write_text(str(settings["value"]))
+        if crash["on"]:
+            raise RuntimeError("killed mid-stage")
+        return {}
+
+    monkeypatch.setitem(pipeline.STAGES, "mark", stage)
+    path = tmp_path / "r.yaml"
+    for value, fails in ((1, True), (1, False), (2, False)):
+        crash["on"] = fails
+        stages = [{"name": "a", "kind": "mark", "value": value}]
+        path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+        if fails:
+            with pytest.raises(RuntimeError):
+                pipeline.run_pipeline(path)
+        else:
+            pipeline.run_pipeline(path)
+    assert seen == [[], ["checkpoint"], []]  # resumed with its own checkpoint; new settings start clean

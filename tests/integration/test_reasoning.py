@@ -44,8 +44,8 @@ def test_cold_start_loss_parts(emb):
     assert grad[emb.think].abs().sum() > 0 and grad[emb.emb].abs().sum() > 0  # the new tokens learn
     row, start = emb.query_ids(EXAMPLES[0]["query"], EXAMPLES[0]["reasoning"])
     logp = torch.log_softmax(emb.model(input_ids=torch.tensor([row])).logits[0].float(), -1)
-    ref = -torch.stack([logp[i - 1, row[i]] for i in range(start, len(row) - 1)]).mean()
-    got = tasks.reasoning_sft(emb.forward([row], logits=True)[1], torch.tensor([row]), [start], [len(row) - 1])
+    ref = -torch.stack([logp[i - 1, row[i]] for i in range(start, len(row))]).mean()  # through </think><emb>
+    got = tasks.reasoning_sft(emb.forward([row], logits=True)[1], torch.tensor([row]), [start], [len(row)])
     assert got.item() == pytest.approx(ref.item(), rel=1e-4)
 
 

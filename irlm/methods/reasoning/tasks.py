@@ -1,6 +1,6 @@
 """Training tasks of the reasoning embedders, run by the shared loop (irlm/train/loop.py).
 
-- ColdStartTask: lambda1 * SFT(reasoning tokens) + lambda2 * InfoNCE (LREM: 0.1 and 1).
+- ColdStartTask: lambda1 * SFT(reasoning tokens, </think>, <emb>) + lambda2 * InfoNCE (LREM: 0.1 and 1).
 - GRPOTask: G sampled reasonings per query, rewards from the embedding each one leads to,
   group-normalised advantages and the clipped policy loss, plus gamma2 * InfoNCE (1 and 0.1).
 
@@ -25,7 +25,8 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def reasoning_sft(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
-    """Mean NLL of the reasoning tokens and the closing </think> (positions starts..ends-1 of each row)."""
+    """Mean NLL of the target tokens: positions starts..ends-1 of each row (the cold start passes the
+    reasoning, </think> and <emb>)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     terms = [logp[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1) for r, (s, e) in
              enumerate(zip(starts, ends)) if s >= 1 and e > s]  # fmt: skip
@@ -51,7 +52,9 @@ class ColdStartTask:
         q, logits, ids, _ = self.emb.forward(rows, logits=True)
         d = self.emb.forward([self.emb.doc_ids(ex["positive"]) for ex in examples])[0]
         starts = [s for _, s in built]
-        sft = reasoning_sft(logits, ids, starts, [len(r) - 1 for r in rows])  # through </think>
+        # through </think><emb>: a model that never learns to close its reasoning and emit <emb> writes
+        # prose until the token budget runs out, and GRPO's format reward stays 0 for every sample
+        sft = reasoning_sft(logits, ids, starts, [len(r) for r in rows])
         nce = info_nce(q, d, self.temperature)
         ((self.lambda_sft * sft + self.lambda_nce * nce) * scale).backward()
         return {"sft": sft.item(), "infonce": nce.item()}
@@ -135,13 +138,13 @@ class GRPOTask:
 
     @staticmethod
     def _token_logprobs(logits, ids, starts: list[int], rows: list[list[int]]):
-        """Log-probabilities of the sampled reasoning tokens and </think> (the policy's actions)."""
+        """Log-probabilities of the reasoning tokens, </think> and <emb> (the policy's actions)."""
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         width = max(len(r) for r in rows)
         logp = torch.zeros(len(rows), width, device=logits.device)
         mask = torch.zeros(len(rows), width, device=logits.device)
         for r, (s, row) in enumerate(zip(starts, rows)):
-            e = len(row) - 1  # through </think>, not the appended <emb>
+            e = len(row)  # through </think><emb>, as the cold start's SFT
             logp[r, s:e] = logp_all[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1)
             mask[r, s:e] = 1.0
         return logp, mask

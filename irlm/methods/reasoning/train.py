@@ -21,6 +21,7 @@ from irlm.errors import InputError
 from irlm.methods.reasoning.config import ReasoningConfig
 from irlm.methods.reasoning.keywords import condense, render
 from irlm.methods.reasoning.model import ReasoningEmbedder
+from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.utils import write_json
@@ -174,7 +175,11 @@ def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str =
         index = DenseIndex(emb.model.config.hidden_size)
         index.add(ds.corpus.ids, emb.encode_docs(ds.corpus.texts()))
         texts = list(queries.values())
-        thoughts = emb.think_greedy(texts) if reasoning == "self" else None
+        samples = emb.sample(texts, 1, do_sample=False) if reasoning == "self" else None
+        thoughts = [t for t, _ in samples] if samples else None
         run = index.search_run(list(queries), emb.encode_queries(texts, thoughts), k)
         out[name] = evaluate(run, ds.qrels[split])
+        if samples:  # share of greedy thoughts the model closed itself with </think><emb>
+            decoded = [THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
+            out[name]["think_format"] = sum(map(format_reward, decoded)) / len(decoded)
     return out
