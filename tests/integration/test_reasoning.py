@@ -93,6 +93,12 @@ def test_grpo_ranks_against_the_corpus_through_the_environment(emb):
     assert parts["reencoded"] == env.encoded - before and 2 + 5 <= parts["reencoded"] <= 2 + 4 * 3 + 5
 
 
+def test_reasoning_length_counts_what_was_written_not_what_was_kept():
+    assert tasks.reasoning_length([5, 6, 7, 99, 100], end=99) == 3
+    assert tasks.reasoning_length([5] * 18, end=99) == 19  # never closed: over any budget it was cut to
+    assert tasks.reasoning_length([99, 100], end=99) == 0
+
+
 def test_rewards_presets():
     assert tasks.lrem_rewards(["<think>a</think><emb>"], [1], [1], 8) == [pytest.approx(1.7)]
     assert tasks.lrem_rewards(["no format"], [40], [8], 8) == [pytest.approx(0.0)]

@@ -63,6 +63,12 @@ class ColdStartTask:
         self.emb.save(folder)
 
 
+def reasoning_length(raw: list[int], end: int) -> int:
+    """Tokens the sample reasoned for before </think>; one that never closed ran past its budget, so it
+    counts every generated token plus one (the thought kept for the embedding is cut, the length is not)."""
+    return raw.index(end) if end in raw else len(raw) + 1
+
+
 def lrem_rewards(texts: list[str], lengths: list[int], ranks: list[int], n_docs: int) -> list[float]:
     """0.5 format + 0.2 length(<= 16) + 1.0 rank accuracy (LREM)."""
     w = R.PRESETS["lrem"]
@@ -114,7 +120,7 @@ class GRPOTask:
         ranks = self._ranks(q.detach(), docs.detach(), examples)
         n_docs = len(self.env.doc_ids) if self.env is not None else len(examples)
         texts = [R.THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
-        lengths = [len(t) for t, _ in samples]
+        lengths = [reasoning_length(raw, emb.end) for _, raw in samples]
         reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
         adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
         logp, mask = self._token_logprobs(logits, ids, starts, rows)
