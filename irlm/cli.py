@@ -181,7 +181,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
     dtype: str | None = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
     device: str | None = DeviceOpt,
-    limit: int = typer.Option(0, help="Score the split's first N queries only (file order; 0 = all)."),
+    limit: int = typer.Option(0, min=0, help="Score the split's first N queries only (file order; 0 = all)."),
     metrics: str | None = typer.Option(None, help="Comma-separated, e.g. hits@1,mrr@5 (default: the usual set)."),
 ) -> None:
     """Retrieve for a split's queries and score the run (nDCG@10, Recall@100, MRR@10, MAP, Hits@k)."""
@@ -202,7 +202,7 @@ def eval_cmd(
         result = system.search(queries, k)
     if out_run:
         write_trec(result, out_run)
-    qrels = {q: judged for q, judged in ds.qrels[split].items() if q in queries}
+    qrels = {q: judged for q, judged in ds.qrels[split].items() if q in queries} if limit else ds.qrels[split]
     metrics = evaluate(result, qrels, chosen)
     label = str(run or index or (model if retriever == "dense" else retriever))
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)

@@ -37,7 +37,10 @@ REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
 
 
 def stage_hash(stage: dict, previous: str) -> str:
-    text = json.dumps(stage, sort_keys=True) + previous
+    """The stage's settings, the text of the config file it names (an edit there changes the stage
+    too) and the hash of the stage before it."""
+    config = Path(str(stage.get("config", "")))
+    text = json.dumps(stage, sort_keys=True) + previous + (config.read_text() if config.is_file() else "")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -78,12 +81,12 @@ def resolve_refs(value, folders: dict[str, Path]):
     return value
 
 
-def claim(folder: Path, h: str) -> None:
+def claim(folder: Path, h: str, fresh: bool = False) -> None:
     """Mark the stage folder with the hash about to run. A folder left by a killed run of the same hash
-    is kept (its checkpoints resume); one from other settings is emptied, or the trainer would resume
-    from checkpoints of the old settings."""
+    is kept (its checkpoints resume) unless `fresh`; one from other settings is emptied, or the trainer
+    would resume from checkpoints of the old settings."""
     mark = folder / ".stage_hash"
-    if folder.exists() and (not mark.is_file() or mark.read_text() != h):
+    if folder.exists() and (fresh or not mark.is_file() or mark.read_text() != h):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     mark.write_text(h)
@@ -106,7 +109,7 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
         else:
             stale = True  # this stage runs, so every later stage must too
             log.info("stage %s (%s): running", st["name"], st["kind"])
-            claim(folder, h)
+            claim(folder, h, fresh=force)
             settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
             result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
             state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}

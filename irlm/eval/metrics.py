@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from irlm.errors import InputError
@@ -10,7 +11,7 @@ from irlm.types import Qrels, Run
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map", "hits@1", "hits@5", "hits@10")
 
 
-RANX_METRICS = {"hits", "hit_rate", "precision", "recall", "f1", "r-precision", "mrr", "map", "ndcg", "ndcg_burges"}
+METRIC = re.compile(r"(ndcg|recall|precision|mrr|hits)@[1-9][0-9]*|map")
 KNOWN = ("ndcg@k", "recall@k", "precision@k", "mrr@k", "map", "hits@k")
 
 
@@ -22,11 +23,11 @@ def _ranx_name(metric: str) -> str:
 
 def check_metrics(metrics) -> list[str]:
     """The ranx names of irlm metric names; an unknown one is an InputError, before any retrieval runs."""
-    names = [_ranx_name(m) for m in metrics]
-    unknown = [m for m, n in zip(metrics, names) if n.split("@")[0] not in RANX_METRICS]
+    unknown = [m for m in metrics if not METRIC.fullmatch(m)]
     if unknown:
-        raise InputError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(KNOWN)})", field="metrics")
-    return names
+        shown = ", ".join(repr(m) for m in unknown)
+        raise InputError(f"unknown metric(s) {shown} (known: {', '.join(KNOWN)})", field="metrics")
+    return [_ranx_name(m) for m in metrics]
 
 
 def evaluate(run: Run, qrels: Qrels, metrics=DEFAULT_METRICS, ignore_identical_ids: bool = True) -> dict[str, float]:

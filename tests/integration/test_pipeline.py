@@ -212,3 +212,25 @@ def test_a_changed_stage_starts_empty_and_a_killed_one_keeps_its_checkpoints(tmp
         else:
             pipeline.run_pipeline(path)
     assert seen == [[], ["checkpoint"], []]  # resumed with its own checkpoint; new settings start clean
+
+
+def test_editing_a_stage_config_file_reruns_it_and_force_starts_empty(tmp_path, monkeypatch):
+    seen = []
+
+    def stage(settings, folder, run_dir):
+        seen.append(sorted(p.name for p in folder.iterdir() if p.name != ".stage_hash"))
+        (folder / "checkpoint").write_text("x")
+        return {}
+
+    monkeypatch.setitem(pipeline.STAGES, "mark", stage)
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 1\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"),
+                                    "stages": [{"name": "a", "kind": "mark", "config": str(config)}]}))  # fmt: skip
+    pipeline.run_pipeline(path)
+    pipeline.run_pipeline(path)  # unchanged: skipped
+    config.write_text("steps: 2\n")
+    pipeline.run_pipeline(path)  # the file it names changed: runs, from an empty folder
+    pipeline.run_pipeline(path, force=True)
+    assert seen == [[], [], []]

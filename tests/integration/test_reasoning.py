@@ -161,3 +161,19 @@ def test_batched_thinking_equals_one_query_at_a_time(emb):
     assert emb.sample(queries, 1, do_sample=False, batch_size=4) == alone
     groups = emb.sample(queries[:2], 3, temperature=1.0, batch_size=2)
     assert len(groups) == 6 and all(len(t) <= emb.reasoning_tokens for t, _ in groups)
+
+
+def test_grpo_actions_are_only_the_tokens_the_model_sampled(emb):
+    """A closed sample's actions run through </think><emb>; one cut at the budget keeps its thought only."""
+    closed = [7, 8, emb.end, emb.emb]
+    cut = [9] * (emb.reasoning_tokens + 2)
+    rows, starts = [], []
+    for thought in ([7, 8], cut[: emb.reasoning_tokens]):
+        row, start = emb.query_ids("tea", thought)
+        rows.append(row)
+        starts.append(start)
+    logits = torch.randn(2, max(map(len, rows)), len(emb.tokenizer))
+    ids = torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])
+    _, mask = tasks.GRPOTask._token_logprobs(logits, ids, starts, rows, [closed, cut])
+    assert mask[0].sum() == 4 and mask[0, starts[0] : starts[0] + 4].all()
+    assert mask[1].sum() == emb.reasoning_tokens and mask[1, len(rows[1]) - 2 :].sum() == 0

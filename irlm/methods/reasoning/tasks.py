@@ -63,6 +63,13 @@ class ColdStartTask:
         self.emb.save(folder)
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def reasoning_length(raw: list[int], end: int) -> int:
     """Tokens the sample reasoned for before </think>; one that never closed ran past its budget, so it
     counts every generated token plus one (the thought kept for the embedding is cut, the length is not)."""
@@ -123,7 +130,7 @@ class GRPOTask:
         lengths = [reasoning_length(raw, emb.end) for _, raw in samples]
         reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
         adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
-        logp, mask = self._token_logprobs(logits, ids, starts, rows)
+        logp, mask = self._token_logprobs(logits, ids, starts, rows, [raw for _, raw in samples])
         policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
         nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
         ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
@@ -143,14 +150,16 @@ class GRPOTask:
         return (1 + (scores > own[:, None]).sum(-1)).tolist()
 
     @staticmethod
-    def _token_logprobs(logits, ids, starts: list[int], rows: list[list[int]]):
-        """Log-probabilities of the reasoning tokens, </think> and <emb> (the policy's actions)."""
+    def _token_logprobs(logits, ids, starts: list[int], rows: list[list[int]], raws: list[list[int]]):
+        """Log-probabilities of the policy's actions: the tokens of each row the model sampled itself.
+        A row rebuilt from a thought cut to the budget ends with a </think><emb> the model never wrote;
+        those are not actions, or a poor sample would be pushed away from closing properly."""
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         width = max(len(r) for r in rows)
         logp = torch.zeros(len(rows), width, device=logits.device)
         mask = torch.zeros(len(rows), width, device=logits.device)
-        for r, (s, row) in enumerate(zip(starts, rows)):
-            e = len(row)  # through </think><emb>, as the cold start's SFT
+        for r, (s, row, raw) in enumerate(zip(starts, rows, raws)):
+            e = s + _common_prefix(row[s:], raw)
             logp[r, s:e] = logp_all[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1)
             mask[r, s:e] = 1.0
         return logp, mask

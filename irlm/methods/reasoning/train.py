@@ -95,8 +95,9 @@ def check_source(source: str) -> None:
 
 def replace_reasoning(examples: list[dict], source: str, seed: int = 0) -> list[dict]:
     """The cold-start examples with <think> filled from `source` (SOURCES): the teacher's keywords as
-    read, or an ablation. `random` draws as many keywords as the teacher wrote, from the other queries'
-    keywords, fixed per query so a query's positives share one text; `none` drops the think block."""
+    read, or an ablation. `random` draws as many keywords as the teacher wrote from the pool of every
+    query's keywords (about a thousand words for 240 queries, so a query rarely draws its own), fixed per
+    query so a query's positives share one text; `none` drops the think block."""
     check_source(source)
     if source == "teacher":
         return examples
