@@ -504,7 +504,7 @@ def run_cmd(
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory written by `irlm run`.")) -> None:
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (`irlm run`) or a training output.")) -> None:
     """Write report.md, report.json and PNG charts for a run directory; prints the report's path."""
     from irlm.eval.report import write_report
 

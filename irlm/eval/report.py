@@ -44,18 +44,26 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     for path in sorted(run_dir.rglob("log.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
-            logs[str(path.parent.relative_to(run_dir))] = rows
+            rel = path.parent.relative_to(run_dir)
+            logs[run_dir.name if rel == Path(".") else str(rel)] = rows
     return logs
+
+
+def read_state(run_dir: Path) -> dict:
+    """A pipeline's state.json, or a single training run's results.json as a one-stage state."""
+    if (run_dir / "state.json").is_file():
+        return json.loads((run_dir / "state.json").read_text())
+    if (run_dir / "results.json").is_file():
+        return {run_dir.name: {"kind": "train", "result": json.loads((run_dir / "results.json").read_text())}}
+    raise InputError(f"{run_dir} is neither a run directory (state.json, see `irlm run`) nor a training "
+                     "output (results.json)")  # fmt: skip
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
-    state_path = run_dir / "state.json"
-    if not state_path.is_file():
-        raise InputError(f"{run_dir} is not a run directory (no state.json; see `irlm run`)")
+    state = read_state(run_dir)
     out = Path(out or run_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
-    state = json.loads(state_path.read_text())
     rows, logs = metric_rows(state), read_logs(run_dir)
     charts = [c for c in (metrics_chart(rows, out), curves_chart(logs, out, "loss"), curves_chart(logs, out, "reward"))
               if c]  # fmt: skip

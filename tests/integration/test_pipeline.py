@@ -116,8 +116,19 @@ def test_report_tables_and_charts(tmp_path):
     report = json.loads((md.parent / "report.json").read_text())
     assert [r["system"] for r in report["rows"]] == ["bm25", "sr"]
     assert report["logs"]["train"]["infonce"] == pytest.approx(2.0 / 3)
-    with pytest.raises(InputError, match="no state.json"):
+    with pytest.raises(InputError, match="neither a run directory"):
         write_report(tmp_path / "nothing")
+
+
+def test_report_of_one_training_output(tmp_path):
+    out = tmp_path / "grpo"
+    out.mkdir()
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": s, "reward_mean": 0.5 + s / 10}) + "\n" for s in (1, 2)))
+    (out / "results.json").write_text(json.dumps({"metrics": {"scifact": {"ndcg@10": 0.4386}}, "config": {}}))
+    md = write_report(out)
+    assert "| grpo | scifact | ndcg@10 | 0.4386 |" in md.read_text()
+    assert (md.parent / "reward.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(json.loads((md.parent / "report.json").read_text())["logs"]) == ["grpo"]
 
 
 def test_curve_panels_split_by_stage_and_keep_losses_apart_from_bookkeeping():
