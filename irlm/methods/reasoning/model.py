@@ -85,8 +85,12 @@ class ReasoningEmbedder:
         for r, row in enumerate(rows):
             ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        last = out.hidden_states[-1]  # (B, T, C)
+        if logits:
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            last = out.hidden_states[-1]  # (B, T, C)
+        else:  # the base model alone: no (B, T, vocab) logits to compute and hold when only <emb> is read
+            out = self.model.base_model(input_ids=ids, attention_mask=mask)
+            last = out.last_hidden_state
         at = torch.tensor([len(r) - 1 for r in rows], device=self.device)  # every row ends with <emb>
         emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
         return emb, (out.logits if logits else None), ids, mask
