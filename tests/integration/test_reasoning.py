@@ -177,3 +177,18 @@ def test_grpo_actions_are_only_the_tokens_the_model_sampled(emb):
     _, mask = tasks.GRPOTask._token_logprobs(logits, ids, starts, rows, [closed, cut])
     assert mask[0].sum() == 4 and mask[0, starts[0] : starts[0] + 4].all()
     assert mask[1].sum() == emb.reasoning_tokens and mask[1, len(rows[1]) - 2 :].sum() == 0
+
+
+def test_ablation_filler_gives_test_queries_the_training_form():
+    from irlm.errors import InputError
+    from irlm.methods.reasoning.train import ablation_filler
+
+    rows = [{"query_id": "a", "query": "tea", "reasoning": "cold, iced, lemonade, fizzy"},
+            {"query_id": "b", "query": "qubits", "reasoning": "superposition, spin"}]  # fmt: skip
+    assert ablation_filler("nothing", rows)("t1", "coffee") == ""
+    assert ablation_filler("query", rows)("t1", "coffee") == "coffee"
+    words = ablation_filler("random", rows, seed=3)("t1", "coffee").split(", ")
+    assert len(words) == 3 and set(words) <= {"cold", "iced", "lemonade", "fizzy", "superposition", "spin"}
+    assert ablation_filler("random", rows, seed=3)("t1", "x") == ", ".join(words)  # fixed per query id
+    with pytest.raises(InputError, match="eval_reasoning source"):
+        ablation_filler("teacher", rows)

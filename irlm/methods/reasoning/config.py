@@ -46,5 +46,7 @@ class ReasoningConfig:
     precision: str = "bf16"
     save_every: int = 25
     seed: int = 42
-    eval_reasoning: str = "self"  # self (the model thinks, greedy) | none (direct embedding)
+    # self (the model thinks, greedy) | none (direct embedding) | source (an ablation's own filler: an
+    # empty think, the query, or random train keywords, as in its training)
+    eval_reasoning: str = "self"
     device: str | None = None

@@ -138,8 +138,9 @@ def train(cfg: ReasoningConfig) -> dict:
         return {}
     emb.model.eval()
     thinking = "none" if cfg.reasoning == "none" else cfg.eval_reasoning  # a model never taught to think
+    fill = ablation_filler(cfg.reasoning, examples, cfg.seed) if thinking == "source" else None
     with torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        metrics = evaluate_reasoner(emb, cfg.eval_data, thinking)
+        metrics = evaluate_reasoner(emb, cfg.eval_data, thinking, fill=fill)
     results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
                "metrics": metrics}
     write_json(Path(cfg.output_dir) / "results.json", results)
@@ -163,9 +164,28 @@ def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dic
     return SelectiveIndex(ids, lambda batch: emb.encode_docs([texts[i] for i in batch]), cfg.env_top_k, cfg.env_slice)
 
 
+def ablation_filler(source: str, examples: list[dict], seed: int = 0):
+    """eval_reasoning `source`: test queries get what the ablation put in <think> during training (the
+    teacher wrote only for train queries, so `teacher` has no such form); `random` draws the train rows'
+    mean keyword count from their pool."""
+    if source not in ("nothing", "random", "query"):
+        raise InputError(f"eval_reasoning source needs reasoning nothing, random or query, not '{source}'",
+                         field="eval_reasoning")  # fmt: skip
+    pool = sorted({w for ex in examples for w in (ex["reasoning"] or "").split(", ") if w})
+    n = round(sum(len([w for w in (ex["reasoning"] or "").split(", ") if w]) for ex in examples) / len(examples))
+
+    def fill(query_id: str, query: str) -> str:
+        if source == "random":
+            return ", ".join(random.Random(f"{seed}:{query_id}").sample(pool, min(n, len(pool))))
+        return "" if source == "nothing" else query
+
+    return fill
+
+
 def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str = "self", split: str = "test",
-                      k: int = 1000) -> dict[str, dict]:  # fmt: skip
-    """nDCG@10 etc. per dataset; queries think first (greedy, the model's own reasoning) or embed directly."""
+                      k: int = 1000, fill=None) -> dict[str, dict]:  # fmt: skip
+    """nDCG@10 etc. per dataset; queries think first (`self`: greedy, the model's own reasoning), embed
+    directly (`none`), or carry `fill(query_id, query)` in <think> (`source`, the ablations' own form)."""
     from irlm.eval import evaluate
     from irlm.index import DenseIndex
 
@@ -178,6 +198,8 @@ def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str =
         texts = list(queries.values())
         samples = emb.sample(texts, 1, do_sample=False) if reasoning == "self" else None
         thoughts = [t for t, _ in samples] if samples else None
+        if reasoning == "source":
+            thoughts = [fill(q, t) for q, t in queries.items()]
         run = index.search_run(list(queries), emb.encode_queries(texts, thoughts), k)
         out[name] = evaluate(run, ds.qrels[split])
         if samples:  # share of greedy thoughts the model closed itself with </think><emb>
