@@ -45,7 +45,8 @@ def test_cold_start_loss_parts(emb):
     row, start = emb.query_ids(EXAMPLES[0]["query"], EXAMPLES[0]["reasoning"])
     logp = torch.log_softmax(emb.model(input_ids=torch.tensor([row])).logits[0].float(), -1)
     ref = -torch.stack([logp[i - 1, row[i]] for i in range(start, len(row))]).mean()  # through </think><emb>
-    got = tasks.reasoning_sft(emb.forward([row], logits=True)[1], torch.tensor([row]), [start], [len(row)])
+    hidden = emb.forward([row], hidden=True)[1]
+    got = tasks.reasoning_sft(emb.span_logprobs(hidden, torch.tensor([row]), [(start, len(row))]))
     assert got.item() == pytest.approx(ref.item(), rel=1e-4)
 
 
@@ -172,9 +173,11 @@ def test_grpo_actions_are_only_the_tokens_the_model_sampled(emb):
         row, start = emb.query_ids("tea", thought)
         rows.append(row)
         starts.append(start)
-    logits = torch.randn(2, max(map(len, rows)), len(emb.tokenizer))
-    ids = torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])
-    _, mask = tasks.GRPOTask._token_logprobs(logits, ids, starts, rows, [closed, cut])
+    _, hidden, ids, _ = emb.forward(rows, hidden=True)
+    logp, mask = tasks.GRPOTask._token_logprobs(emb, hidden, ids, starts, rows, [closed, cut])
+    full = torch.log_softmax(emb.model(input_ids=torch.tensor([rows[0]])).logits[0].float(), -1)
+    want = torch.stack([full[t - 1, rows[0][t]] for t in range(starts[0], starts[0] + 4)])
+    assert torch.allclose(logp[0, starts[0] : starts[0] + 4], want, atol=1e-5)  # head at 4 positions only
     assert mask[0].sum() == 4 and mask[0, starts[0] : starts[0] + 4].all()
     assert mask[1].sum() == emb.reasoning_tokens and mask[1, len(rows[1]) - 2 :].sum() == 0
 

@@ -77,23 +77,33 @@ class ReasoningEmbedder:
     def doc_ids(self, text: str) -> list[int]:
         return self.ids(text)[: self.max_length - 1] + [self.emb]
 
-    def forward(self, rows: list[list[int]], logits: bool = False):
-        """Right-padded batch -> (embeddings (B, C) fp32 normalised, logits (B, T, V) or None, ids, mask)."""
+    def forward(self, rows: list[list[int]], hidden: bool = False):
+        """Right-padded batch -> (embeddings (B, C) fp32 normalised, last hidden states (B, T, C) or None,
+        ids, mask). The LM head does not run here: a caller that scores tokens asks `span_logprobs` for
+        the few positions it needs instead of holding (B, T, vocab) logits."""
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, row in enumerate(rows):
             ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        if logits:
-            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            last = out.hidden_states[-1]  # (B, T, C)
-        else:  # the base model alone: no (B, T, vocab) logits to compute and hold when only <emb> is read
-            out = self.model.base_model(input_ids=ids, attention_mask=mask)
-            last = out.last_hidden_state
+        last = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         at = torch.tensor([len(r) - 1 for r in rows], device=self.device)  # every row ends with <emb>
         emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
-        return emb, (out.logits if logits else None), ids, mask
+        return emb, (last if hidden else None), ids, mask
+
+    def span_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]]):
+        """Per row, log p(ids[r, t] | ids[r, :t]) for t in [s, e) (fp32; empty where s < 1 or e <= s),
+        with the LM head run only at the positions s-1 .. e-2 that predict them."""
+        head = self.model.get_output_embeddings()
+        out = []
+        for r, (s, e) in enumerate(spans):
+            if s < 1 or e <= s:
+                out.append(torch.zeros(0, device=hidden.device))
+                continue
+            logp = torch.log_softmax(head(hidden[r, s - 1 : e - 1]).float(), dim=-1)
+            out.append(logp.gather(-1, ids[r, s:e, None]).squeeze(-1))
+        return out
 
     @torch.inference_mode()
     def think_greedy(self, queries: list[str]) -> list[list[int]]:

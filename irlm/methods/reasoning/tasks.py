@@ -24,13 +24,10 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tens
     return F.cross_entropy(q @ d.T / temperature, torch.arange(len(q), device=q.device))
 
 
-def reasoning_sft(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
-    """Mean NLL of the target tokens: positions starts..ends-1 of each row (the cold start passes the
-    reasoning, </think> and <emb>)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    terms = [logp[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1) for r, (s, e) in
-             enumerate(zip(starts, ends)) if s >= 1 and e > s]  # fmt: skip
-    return -torch.cat(terms).mean() if terms else logits.sum() * 0.0
+def reasoning_sft(logps: list[torch.Tensor]) -> torch.Tensor:
+    """Mean NLL over every target token of the batch, from per-row log-probabilities (span_logprobs)."""
+    terms = [lp for lp in logps if lp.numel()]
+    return -torch.cat(terms).mean() if terms else torch.zeros((), device=logps[0].device)
 
 
 class ColdStartTask:
@@ -49,12 +46,11 @@ class ColdStartTask:
     def step(self, examples: list[dict], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
         built = [self.emb.query_ids(ex["query"], ex.get("reasoning")) for ex in examples]
         rows = [r for r, _ in built]
-        q, logits, ids, _ = self.emb.forward(rows, logits=True)
+        q, hidden, ids, _ = self.emb.forward(rows, hidden=True)
         d = self.emb.forward([self.emb.doc_ids(ex["positive"]) for ex in examples])[0]
-        starts = [s for _, s in built]
         # through </think><emb>: a model that never learns to close its reasoning and emit <emb> writes
         # prose until the token budget runs out, and GRPO's format reward stays 0 for every sample
-        sft = reasoning_sft(logits, ids, starts, [len(r) for r in rows])
+        sft = reasoning_sft(self.emb.span_logprobs(hidden, ids, [(s, len(r)) for r, s in built]))
         nce = info_nce(q, d, self.temperature)
         ((self.lambda_sft * sft + self.lambda_nce * nce) * scale).backward()
         return {"sft": sft.item(), "infonce": nce.item()}
@@ -121,7 +117,7 @@ class GRPOTask:
                 row, start = emb.query_ids(ex["query"], thought)
                 rows.append(row)
                 starts.append(start)
-        q, logits, ids, _ = emb.forward(rows, logits=True)
+        q, hidden, ids, _ = emb.forward(rows, hidden=True)
         docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
         encoded_before = self.env.encoded if self.env is not None else 0
         ranks = self._ranks(q.detach(), docs.detach(), examples)
@@ -130,7 +126,7 @@ class GRPOTask:
         lengths = [reasoning_length(raw, emb.end) for _, raw in samples]
         reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
         adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
-        logp, mask = self._token_logprobs(logits, ids, starts, rows, [raw for _, raw in samples])
+        logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, [raw for _, raw in samples])
         policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
         nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
         ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
@@ -150,18 +146,17 @@ class GRPOTask:
         return (1 + (scores > own[:, None]).sum(-1)).tolist()
 
     @staticmethod
-    def _token_logprobs(logits, ids, starts: list[int], rows: list[list[int]], raws: list[list[int]]):
+    def _token_logprobs(emb, hidden, ids, starts: list[int], rows: list[list[int]], raws: list[list[int]]):
         """Log-probabilities of the policy's actions: the tokens of each row the model sampled itself.
         A row rebuilt from a thought cut to the budget ends with a </think><emb> the model never wrote;
         those are not actions, or a poor sample would be pushed away from closing properly."""
-        logp_all = torch.log_softmax(logits.float(), dim=-1)
+        spans = [(s, s + _common_prefix(row[s:], raw)) for s, row, raw in zip(starts, rows, raws)]
         width = max(len(r) for r in rows)
-        logp = torch.zeros(len(rows), width, device=logits.device)
-        mask = torch.zeros(len(rows), width, device=logits.device)
-        for r, (s, row, raw) in enumerate(zip(starts, rows, raws)):
-            e = s + _common_prefix(row[s:], raw)
-            logp[r, s:e] = logp_all[r, s - 1 : e - 1].gather(-1, ids[r, s:e, None]).squeeze(-1)
-            mask[r, s:e] = 1.0
+        logp = torch.zeros(len(rows), width, device=hidden.device)
+        mask = torch.zeros(len(rows), width, device=hidden.device)
+        for r, ((s, e), lp) in enumerate(zip(spans, emb.span_logprobs(hidden, ids, spans))):
+            if lp.numel():
+                logp[r, s:e], mask[r, s:e] = lp, 1.0
         return logp, mask
 
     def save(self, folder) -> None:
