@@ -81,12 +81,7 @@ class ReasoningEmbedder:
         """Right-padded batch -> (embeddings (B, C) fp32 normalised, last hidden states (B, T, C) or None,
         ids, mask). The LM head does not run here: a caller that scores tokens asks `span_logprobs` for
         the few positions it needs instead of holding (B, T, vocab) logits."""
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self._padded(rows)
         last = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         at = torch.tensor([len(r) - 1 for r in rows], device=self.device)  # every row ends with <emb>
         emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
@@ -106,11 +101,6 @@ class ReasoningEmbedder:
         return out
 
     @torch.inference_mode()
-    def think_greedy(self, queries: list[str]) -> list[list[int]]:
-        """The model's own reasoning tokens for each query (greedy, up to reasoning_tokens)."""
-        return [seq for seq, _ in self.sample(queries, 1, do_sample=False)]
-
-    @torch.inference_mode()
     def sample(self, queries: list[str], n: int, do_sample: bool = True, temperature: float = 1.0,
                batch_size: int = 32):  # fmt: skip
         """n reasoning continuations per query, query-major: (generated ids cut at </think>, raw generated
@@ -118,7 +108,7 @@ class ReasoningEmbedder:
         out, stops = [], {self.emb, self.tokenizer.eos_token_id}
         starts = _progress(range(0, len(queries), batch_size), "think", len(queries) * n)
         for i in starts:
-            ids, mask = self._left_padded([self.prompt_ids(q) for q in queries[i : i + batch_size]])
+            ids, mask = self._padded([self.prompt_ids(q) for q in queries[i : i + batch_size]], left=True)
             gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=do_sample,
                                       temperature=temperature if do_sample else None, top_p=None, top_k=None,
                                       num_return_sequences=n, max_new_tokens=self.reasoning_tokens + 2,
@@ -130,12 +120,14 @@ class ReasoningEmbedder:
                 out.append((thought[: self.reasoning_tokens], raw))
         return out
 
-    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(self, rows: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) on the model's device; generation pads on the left so every prompt ends together."""
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, row in enumerate(rows):
-            ids[r, width - len(row) :], mask[r, width - len(row) :] = torch.tensor(row), 1
+            at = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[r, at], mask[r, at] = torch.tensor(row), 1
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()

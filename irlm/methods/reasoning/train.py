@@ -61,10 +61,11 @@ def make_reasoning(cfg: ReasoningConfig) -> dict:
     with out.open("a", encoding="utf-8") as f:
         for i in tqdm(range(0, len(todo), 8), desc="reasoning", unit="batch"):
             batch = todo[i : i + 8]
-            for p, g in zip(batch, gen.generate([teacher_prompt(p["query"]) for p in batch])):
+            prompts = [teacher_prompt(p["query"]) for p in batch]
+            for p, prompt, g in zip(batch, prompts, gen.generate(prompts)):
                 # the prompt's own words (the query and the instruction) are dropped: a small teacher
                 # echoes "user", "searched", "document" back, which says nothing about the query
-                keywords = condense(g.text, teacher_prompt(p["query"])[0]["content"], cfg.max_keywords)
+                keywords = condense(g.text, prompt[0]["content"], cfg.max_keywords)
                 row = {**p, "reasoning": render(keywords), "raw": g.text, "teacher": cfg.teacher,
                        "prompt_version": PROMPT_VERSION}  # fmt: skip
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -101,16 +102,28 @@ def replace_reasoning(examples: list[dict], source: str, seed: int = 0) -> list[
     check_source(source)
     if source == "teacher":
         return examples
-    pool = sorted({w for ex in examples for w in ex["reasoning"].split(", ") if w})
+    pool = _pool(examples)
 
     def fill(ex: dict) -> str | None:
         if source == "random":
-            rng = random.Random(f"{seed}:{ex['query_id']}")
-            n = len([w for w in ex["reasoning"].split(", ") if w])
-            return ", ".join(rng.sample(pool, min(n, len(pool))))
+            return _draw(pool, len(_keywords(ex["reasoning"])), f"{seed}:{ex['query_id']}")
         return {"nothing": "", "query": ex["query"], "none": None}[source]
 
     return [{**ex, "reasoning": fill(ex)} for ex in examples]
+
+
+def _keywords(reasoning: str | None) -> list[str]:
+    """The keywords of a rendered reasoning (keywords.render's inverse); an ablation's None has none."""
+    return [w for w in (reasoning or "").split(", ") if w]
+
+
+def _pool(examples: list[dict]) -> list[str]:
+    return sorted({w for ex in examples for w in _keywords(ex["reasoning"])})
+
+
+def _draw(pool: list[str], n: int, seed: str) -> str:
+    """n keywords from the pool, the same for the same seed (a query's id), rendered as the teacher's are."""
+    return render(random.Random(seed).sample(pool, min(n, len(pool))))
 
 
 def train(cfg: ReasoningConfig) -> dict:
@@ -171,12 +184,12 @@ def ablation_filler(source: str, examples: list[dict], seed: int = 0):
     if source not in ("nothing", "random", "query"):
         raise InputError(f"eval_reasoning source needs reasoning nothing, random or query, not '{source}'",
                          field="eval_reasoning")  # fmt: skip
-    pool = sorted({w for ex in examples for w in (ex["reasoning"] or "").split(", ") if w})
-    n = round(sum(len([w for w in (ex["reasoning"] or "").split(", ") if w]) for ex in examples) / len(examples))
+    pool = _pool(examples)
+    n = round(sum(len(_keywords(ex["reasoning"])) for ex in examples) / len(examples))
 
     def fill(query_id: str, query: str) -> str:
         if source == "random":
-            return ", ".join(random.Random(f"{seed}:{query_id}").sample(pool, min(n, len(pool))))
+            return _draw(pool, n, f"{seed}:{query_id}")
         return "" if source == "nothing" else query
 
     return fill
