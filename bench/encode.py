@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import torch
@@ -83,10 +84,14 @@ def compare(args) -> None:
 
     texts = load_dataset(args.data).corpus.texts()[: args.docs]
     label = args.model
-    if args.model.startswith("shape:"):
-        args.model = shaped(args.against, args.model[len("shape:") :])
     opts = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length or 128, "pooling": "mean"}
-    encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
+    if args.model.startswith("shape:"):
+        # the random-weight folder is only needed until it is loaded
+        with tempfile.TemporaryDirectory(prefix="shape-") as scratch:
+            args.model = shaped(args.against, args.model[len("shape:") :], scratch)
+            encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
+    else:
+        encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
     secs = dict.fromkeys(encs, 0.0)
     for _ in range(2):
         for name, enc in encs.items():
@@ -101,11 +106,9 @@ def compare(args) -> None:
                       "ratio": round(secs[args.against] / secs[args.model], 3)}))  # fmt: skip
 
 
-def shaped(parent: str, shape: str) -> str:
+def shaped(parent: str, shape: str, folder: str) -> str:
     """A random-weight copy of `parent` at layers,hidden,kv_heads,intermediate: speed depends on the
     shape alone, so a pruning target can be timed before any pruning is done."""
-    import tempfile
-
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from irlm.models.resolve import resolve_model
@@ -117,7 +120,6 @@ def shaped(parent: str, shape: str) -> str:
     cfg.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = layers, hidden, inter
     cfg.num_key_value_heads, cfg.num_attention_heads = kv, kv * group
-    folder = tempfile.mkdtemp(prefix=f"shape-{layers}-{hidden}-")
     AutoModel.from_config(cfg).save_pretrained(folder)
     AutoTokenizer.from_pretrained(path).save_pretrained(folder)
     return folder
