@@ -150,6 +150,17 @@ def test_train_search_answer_end_to_end(lm_dir, beir, tmp_path):
     assert set(res["metrics"]) == {"hits@1", "hits@5", "mrr@5", "answer_em"} and res["eval_queries"] == 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"] == res["metrics"]
+    # the kept run re-scores to the same numbers; the answers file holds one row per answered question
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate
+    from irlm.eval.runs import read_trec
+
+    qrels = load_dataset(str(beir)).qrels["test"]
+    rescored = evaluate(read_trec(out / "test.trec"), qrels, ("hits@1", "hits@5", "mrr@5"))
+    assert {m: round(v, 4) for m, v in rescored.items()} == {m: res["metrics"][m] for m in rescored}
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 2 and {"qid", "answer", "gold", "em"} <= set(answers[0])
+    assert sum(a["em"] for a in answers) / 2 == res["metrics"]["answer_em"]
     cmd = [sys.executable, "-c", "from irlm.cli import run; run()", "selfretrieval", "search",
            "--model", str(out / "final"), "--data", str(beir), "-q", "nile delta farming", "--k", "3"]  # fmt: skip
     lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from irlm.data import load_dataset
+from irlm.data.beir import write_jsonl
 from irlm.data.registry import resolve_dataset
 from irlm.eval import evaluate
+from irlm.eval.runs import write_trec
 from irlm.methods.selfretrieval import data
 from irlm.methods.selfretrieval.config import SelfRetrievalConfig
 from irlm.methods.selfretrieval.retriever import SelfRetriever
@@ -70,28 +72,35 @@ def train(cfg: SelfRetrievalConfig) -> dict:
     final.mkdir(parents=True, exist_ok=True)
     retriever.save(final)
     results = {"config": asdict(cfg), "examples": counts, "final_loss": history[-1] if history else None,
-               **evaluate_selfretrieval(retriever, ds, cfg)}  # fmt: skip
+               **evaluate_selfretrieval(retriever, ds, cfg, Path(cfg.output_dir))}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "selfretrieval", "output_dir": cfg.output_dir, **results["metrics"]}))
     return results
 
 
-def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig) -> dict:
-    """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1."""
+def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, out: Path | None = None) -> dict:
+    """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1.
+    With `out`, the run (SPLIT.trec) and each question's answer (answers.jsonl) are kept there, so a
+    subset can be re-scored (`irlm eval --run ... --limit N`) and the answers read."""
     queries = ds.split_queries(cfg.eval_split)
     if cfg.eval_limit:
         queries = dict(list(queries.items())[: cfg.eval_limit])
     qrels = {q: ds.qrels[cfg.eval_split][q] for q in queries}
-    answers = data.read_answers(resolve_dataset(cfg.data))
-    run, em = {}, []
+    golds = data.read_answers(resolve_dataset(cfg.data))
+    run, answered = {}, []
     for qid, text in _progress(queries):
         cands = retriever.candidates(text)
         run[qid] = {c.doc_id: c.score for c in cands}
-        if answers.get(qid) and cands:
-            em.append(exact_match(retriever.answer(text, cands[0]), answers[qid]))
+        if golds.get(qid) and cands:
+            answer = retriever.answer(text, cands[0])
+            answered.append({"qid": qid, "question": text, "doc_id": cands[0].doc_id, "answer": answer,
+                             "gold": golds[qid], "em": exact_match(answer, golds[qid])})  # fmt: skip
     metrics = {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()}
-    if em:
-        metrics["answer_em"] = round(sum(em) / len(em), 4)
+    if answered:
+        metrics["answer_em"] = round(sum(a["em"] for a in answered) / len(answered), 4)
+    if out is not None:
+        write_trec(run, Path(out) / f"{cfg.eval_split}.trec", tag="selfretrieval")
+        write_jsonl(Path(out) / "answers.jsonl", answered)
     return {"metrics": metrics, "eval_queries": len(queries)}
 
 
