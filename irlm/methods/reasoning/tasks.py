@@ -119,12 +119,14 @@ class GRPOTask:
                 rows.append(row)
                 starts.append(start)
         raws = [raw for _, raw in samples]
-        docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
+        doc_rows = [emb.doc_ids(ex["positive"]) for ex in examples]
         encoded_before = self.env.encoded if self.env is not None else 0
         if self.chunk and self.chunk < len(rows):
-            policy, nce, clipped, reward = self._chunked_backward(examples, samples, rows, starts, raws, docs, scale)
+            policy, nce, clipped, reward = self._chunked_backward(examples, samples, rows, starts, raws, doc_rows,
+                                                                  scale)  # fmt: skip
         else:
             q, hidden, ids, _ = emb.forward(rows, hidden=True)
+            docs = emb.forward(doc_rows)[0]
             reward, adv = self._rewards(q.detach(), docs.detach(), examples, samples)
             logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, raws)
             policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
@@ -145,24 +147,26 @@ class GRPOTask:
         reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
         return reward, group_advantages(reward.view(len(examples), self.group)).flatten().to(q.device)
 
-    def _chunked_backward(self, examples, samples, rows, starts, raws, docs, scale: float):
+    def _chunked_backward(self, examples, samples, rows, starts, raws, doc_rows, scale: float):
         """The same gradients as one pass, holding one chunk's activations at a time (GradCache's trick):
-        a no-grad pass ranks every sample; InfoNCE's gradient with respect to the first sample's embedding
-        is taken once, then carried into that sample's chunk as a dot product. Costs one extra forward."""
-        emb, G, n, c = self.emb, self.group, len(rows), self.chunk
-        with torch.no_grad():
-            q = torch.cat([emb.forward(rows[i : i + c])[0] for i in range(0, n, c)])
+        no-grad passes embed every sample and document; InfoNCE's gradients with respect to those
+        embeddings are taken once, then carried into each chunk as a dot product. Costs one extra forward."""
+        emb, G, c = self.emb, self.group, self.chunk
+        q = self._embed_no_grad(rows)
+        docs = self._embed_no_grad(doc_rows).requires_grad_()
         reward, adv = self._rewards(q, docs.detach(), examples, samples)
         first = q.view(len(examples), G, -1)[:, 0].clone().requires_grad_()
         nce = info_nce(first, docs, self.temperature)
-        (self.gamma_nce * nce * scale).backward()  # the documents' gradient, and first.grad
+        (self.gamma_nce * nce * scale).backward()  # first.grad and docs.grad only: both are leaves
+        for i in range(0, len(doc_rows), c):
+            (emb.forward(doc_rows[i : i + c])[0] * docs.grad[i : i + c]).sum().backward()
         policy_sum, clipped = 0.0, 0.0
-        for i in range(0, n, c):
-            part = slice(i, min(i + c, n))
+        for i in range(0, len(rows), c):
+            part = slice(i, min(i + c, len(rows)))
             qc, hidden, ids, _ = emb.forward(rows[part], hidden=True)
             logp, mask = self._token_logprobs(emb, hidden, ids, starts[part], rows[part], raws[part])
             policy, parts = grpo_loss(logp, logp.detach(), adv[part], mask, clip=self.clip)
-            share = len(qc) / n  # the loss averages over sequences, so chunk means add up by their share
+            share = len(qc) / len(rows)  # the loss averages over sequences, so chunk means add up by share
             at = torch.arange(part.start, part.stop, device=qc.device)
             lead = at % G == 0
             carried = (qc[lead] * first.grad[at[lead] // G]).sum()
@@ -170,6 +174,10 @@ class GRPOTask:
             policy_sum += policy.item() * share
             clipped += float(parts["clip_fraction"]) * share
         return policy_sum, nce.item(), clipped, reward
+
+    @torch.no_grad()
+    def _embed_no_grad(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.cat([self.emb.forward(rows[i : i + self.chunk])[0] for i in range(0, len(rows), self.chunk)])
 
     def _ranks(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict]) -> list[int]:
         if self.env is not None:
