@@ -58,6 +58,27 @@ def test_grpo_step(emb):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in emb.model.parameters())
 
 
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [5, 1])
+def test_chunked_grpo_step_gives_the_same_gradients(emb, chunk):
+    """Chunks hold a few samples' activations at a time; the losses and the gradients stay those of one pass."""
+    three = EXAMPLES + [{"query": "capital of france", "positive": "Paris is the capital of France."}]
+    whole = tasks.GRPOTask(emb, preset="lrem", group=4, gamma_nce=0.5)
+    want = whole.step(three, seed=7)
+    ref = _grads(emb.model)
+    emb.model.zero_grad(set_to_none=True)
+    parts = tasks.GRPOTask(emb, preset="lrem", group=4, gamma_nce=0.5, chunk=chunk).step(three, seed=7)
+    got = _grads(emb.model)
+    assert set(got) == set(ref)
+    for name, g in ref.items():
+        assert torch.allclose(got[name], g, atol=1e-5, rtol=1e-4), name
+    assert parts["reward_mean"] == want["reward_mean"] and parts["grpo"] == pytest.approx(want["grpo"], abs=1e-6)
+    assert parts["infonce"] == pytest.approx(want["infonce"], rel=1e-5)
+
+
 def test_equal_rewards_give_no_policy_gradient(emb, monkeypatch):
     monkeypatch.setitem(tasks.REWARDS, "lrem", lambda texts, lengths, ranks, n: [0.5] * len(texts))
     task = tasks.GRPOTask(emb, preset="lrem", group=4, gamma_nce=0.0)

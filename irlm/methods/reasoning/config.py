@@ -34,6 +34,9 @@ class ReasoningConfig:
     clip: float = 0.2
     sample_temperature: float = 1.0
     temperature: float = 0.05  # InfoNCE
+    # samples per forward/backward in a GRPO step (0 = all B*G at once). Smaller holds fewer activations,
+    # with the same gradients, for one extra no-grad forward per step.
+    grpo_chunk: int = 0
     # what a GRPO sample is ranked against: batch (LREM: the batch's documents) or corpus (Search-R3's
     # environment: the whole corpus, kept current by selective re-embedding, irlm/methods/reasoning/env.py)
     rank_against: str = "batch"

@@ -95,10 +95,11 @@ class GRPOTask:
 
     def __init__(self, emb: ReasoningEmbedder, preset: str = "lrem", group: int = 8, gamma_grpo: float = 1.0,
                  gamma_nce: float = 0.1, clip: float = 0.2, temperature: float = 0.05, sample_temperature: float = 1.0,
-                 env=None):  # fmt: skip
+                 env=None, chunk: int = 0):  # fmt: skip
         self.emb, self.reward_fn, self.group = emb, REWARDS[preset], group
         self.gamma_grpo, self.gamma_nce, self.clip = gamma_grpo, gamma_nce, clip
         self.temperature, self.sample_temperature, self.env = temperature, sample_temperature, env
+        self.chunk = chunk  # samples per forward/backward; 0 = all B*G at once
         self.last_rewards: list[float] = []
 
     def parameters(self):
@@ -117,23 +118,66 @@ class GRPOTask:
                 row, start = emb.query_ids(ex["query"], thought)
                 rows.append(row)
                 starts.append(start)
-        q, hidden, ids, _ = emb.forward(rows, hidden=True)
-        docs = emb.forward([emb.doc_ids(ex["positive"]) for ex in examples])[0]
+        raws = [raw for _, raw in samples]
+        doc_rows = [emb.doc_ids(ex["positive"]) for ex in examples]
         encoded_before = self.env.encoded if self.env is not None else 0
-        ranks = self._ranks(q.detach(), docs.detach(), examples)
-        n_docs = len(self.env.doc_ids) if self.env is not None else len(examples)
-        texts = [R.THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
-        lengths = [reasoning_length(raw, emb.end) for _, raw in samples]
-        reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
-        adv = group_advantages(reward.view(len(examples), G)).flatten().to(q.device)
-        logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, [raw for _, raw in samples])
-        policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
-        nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
-        ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
+        if self.chunk and self.chunk < len(rows):
+            policy, nce, clipped, reward = self._chunked_backward(examples, samples, rows, starts, raws, doc_rows,
+                                                                  scale)  # fmt: skip
+        else:
+            q, hidden, ids, _ = emb.forward(rows, hidden=True)
+            docs = emb.forward(doc_rows)[0]
+            reward, adv = self._rewards(q.detach(), docs.detach(), examples, samples)
+            logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, raws)
+            policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
+            nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
+            ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
+            policy, nce, clipped = policy.item(), nce.item(), float(parts["clip_fraction"])
         self.last_rewards = reward.tolist()
         extra = {"reencoded": float(self.env.encoded - encoded_before)} if self.env is not None else {}
-        return {**extra, "grpo": policy.item(), "infonce": nce.item(), "reward_mean": reward.mean().item(),
-                "reward_max": reward.max().item(), "clip_fraction": float(parts["clip_fraction"])}  # fmt: skip
+        return {**extra, "grpo": policy, "infonce": nce, "reward_mean": reward.mean().item(),
+                "reward_max": reward.max().item(), "clip_fraction": clipped}  # fmt: skip
+
+    def _rewards(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict], samples) -> tuple:
+        """Each sample's reward and its group-normalised advantage, from detached embeddings."""
+        ranks = self._ranks(q, docs, examples)
+        n_docs = len(self.env.doc_ids) if self.env is not None else len(examples)
+        texts = [R.THINK_OPEN + self.emb.tokenizer.decode(raw) for _, raw in samples]
+        lengths = [reasoning_length(raw, self.emb.end) for _, raw in samples]
+        reward = torch.tensor(self.reward_fn(texts, lengths, ranks, n_docs), dtype=torch.float32)
+        return reward, group_advantages(reward.view(len(examples), self.group)).flatten().to(q.device)
+
+    def _chunked_backward(self, examples, samples, rows, starts, raws, doc_rows, scale: float):
+        """The same gradients as one pass, holding one chunk's activations at a time (GradCache's trick):
+        no-grad passes embed every sample and document; InfoNCE's gradients with respect to those
+        embeddings are taken once, then carried into each chunk as a dot product. Costs one extra forward."""
+        emb, G, c = self.emb, self.group, self.chunk
+        q = self._embed_no_grad(rows)
+        docs = self._embed_no_grad(doc_rows).requires_grad_()
+        reward, adv = self._rewards(q, docs.detach(), examples, samples)
+        first = q.view(len(examples), G, -1)[:, 0].clone().requires_grad_()
+        nce = info_nce(first, docs, self.temperature)
+        (self.gamma_nce * nce * scale).backward()  # first.grad and docs.grad only: both are leaves
+        for i in range(0, len(doc_rows), c):
+            (emb.forward(doc_rows[i : i + c])[0] * docs.grad[i : i + c]).sum().backward()
+        policy_sum, clipped = 0.0, 0.0
+        for i in range(0, len(rows), c):
+            part = slice(i, min(i + c, len(rows)))
+            qc, hidden, ids, _ = emb.forward(rows[part], hidden=True)
+            logp, mask = self._token_logprobs(emb, hidden, ids, starts[part], rows[part], raws[part])
+            policy, parts = grpo_loss(logp, logp.detach(), adv[part], mask, clip=self.clip)
+            share = len(qc) / len(rows)  # the loss averages over sequences, so chunk means add up by share
+            at = torch.arange(part.start, part.stop, device=qc.device)
+            lead = at % G == 0
+            carried = (qc[lead] * first.grad[at[lead] // G]).sum()
+            (self.gamma_grpo * policy * share * scale + carried).backward()
+            policy_sum += policy.item() * share
+            clipped += float(parts["clip_fraction"]) * share
+        return policy_sum, nce.item(), clipped, reward
+
+    @torch.no_grad()
+    def _embed_no_grad(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.cat([self.emb.forward(rows[i : i + self.chunk])[0] for i in range(0, len(rows), self.chunk)])
 
     def _ranks(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict]) -> list[int]:
         if self.env is not None:

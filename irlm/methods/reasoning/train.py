@@ -143,7 +143,7 @@ def train(cfg: ReasoningConfig) -> dict:
     else:
         examples = pairs(cfg.data, cfg.train_split)
         task = GRPOTask(emb, cfg.preset, cfg.group, cfg.gamma_grpo, cfg.gamma_nce, cfg.clip, cfg.temperature,
-                        cfg.sample_temperature, env=environment(emb, cfg, examples))  # fmt: skip
+                        cfg.sample_temperature, env=environment(emb, cfg, examples), chunk=cfg.grpo_chunk)  # fmt: skip
     tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                      precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
     history = Trainer(task, examples, tc).fit() if cfg.steps else []
