@@ -115,6 +115,24 @@ def test_grpo_ranks_against_the_corpus_through_the_environment(emb):
     assert parts["reencoded"] == env.encoded - before and 2 + 5 <= parts["reencoded"] <= 2 + 4 * 3 + 5
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_environment_encodes_in_the_training_precision(emb, toy_beir, precision):
+    """The corpus index is built before the trainer's autocast: it must embed as training does."""
+    from irlm.data import load_dataset
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import environment
+
+    cfg = ReasoningConfig(data=str(toy_beir), rank_against="corpus", precision=precision)
+    env = environment(emb, cfg, [])
+    texts = [d.full_text() for d in load_dataset(str(toy_beir)).corpus.docs]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        want = emb.encode_docs(texts)
+    assert env.doc_ids == [d.id for d in load_dataset(str(toy_beir)).corpus.docs]
+    assert torch.equal(torch.from_numpy(env.index.vectors), torch.from_numpy(want))
+    other = emb.encode_docs(texts) if precision == "bf16" else None
+    assert other is None or not torch.equal(torch.from_numpy(other), torch.from_numpy(want))
+
+
 def test_reasoning_length_counts_what_was_written_not_what_was_kept():
     assert tasks.reasoning_length([5, 6, 7, 99, 100], end=99) == 3
     assert tasks.reasoning_length([5] * 18, end=99) == 19  # never closed: over any budget it was cut to

@@ -174,7 +174,14 @@ def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dic
     ids = list(texts)[: cfg.env_docs or None]
     kept = set(ids)
     ids += [p for p in dict.fromkeys(ex["positive_id"] for ex in examples) if p not in kept]
-    return SelectiveIndex(ids, lambda batch: emb.encode_docs([texts[i] for i in batch]), cfg.env_top_k, cfg.env_slice)
+
+    def encode(batch: list[str]):
+        # the same precision as training: the index is built before the trainer's autocast and refreshed
+        # inside it, and a mix of fp32 and bf16 rows would drift apart for reasons other than the policy
+        with torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return emb.encode_docs([texts[i] for i in batch])
+
+    return SelectiveIndex(ids, encode, cfg.env_top_k, cfg.env_slice)
 
 
 def ablation_filler(source: str, examples: list[dict], seed: int = 0):
