@@ -85,12 +85,9 @@ def compare(args) -> None:
     texts = load_dataset(args.data).corpus.texts()[: args.docs]
     label = args.model
     opts = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length or 128, "pooling": "mean"}
-    if args.model.startswith("shape:"):
-        # the random-weight folder is only needed until it is loaded
-        with tempfile.TemporaryDirectory(prefix="shape-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="shape-") as scratch:  # a shape's random weights, gone once loaded
+        if args.model.startswith("shape:"):
             args.model = shaped(args.against, args.model[len("shape:") :], scratch)
-            encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
-    else:
         encs = {name: LLMEncoder.from_pretrained(name, **opts) for name in (args.model, args.against)}
     secs = dict.fromkeys(encs, 0.0)
     for _ in range(2):

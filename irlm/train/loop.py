@@ -119,6 +119,12 @@ def linear_warmup(total: int, warmup_ratio: float):
     return lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
 
 
+def autocast(device_type: str, precision: str):
+    """The training precision as a context: bf16 autocast (fp32 master weights) or plain fp32. Work done
+    outside the trainer (evaluation, an index built before training) uses it to embed as training does."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 class Trainer:
     def __init__(self, task, examples: list, config: TrainConfig):
         self.task, self.examples, self.cfg = task, examples, config
@@ -162,8 +168,7 @@ class Trainer:
         return {"lr": lr, **parts}
 
     def _autocast(self):
-        enabled = self.cfg.precision == "bf16"
-        return torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.params[0].device.type, self.cfg.precision)
 
     def _average_parts(self, parts: dict[str, float]) -> dict[str, float]:
         """Loss parts as the mean over every process's share of the batch, not rank 0's alone."""

@@ -11,6 +11,8 @@ GRPO step is written on the shared loop instead.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -57,13 +59,6 @@ class ColdStartTask:
 
     def save(self, folder) -> None:
         self.emb.save(folder)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def reasoning_length(raw: list[int], end: int) -> int:
@@ -194,7 +189,8 @@ class GRPOTask:
         """Log-probabilities of the policy's actions: the tokens of each row the model sampled itself.
         A row rebuilt from a thought cut to the budget ends with a </think><emb> the model never wrote;
         those are not actions, or a poor sample would be pushed away from closing properly."""
-        spans = [(s, s + _common_prefix(row[s:], raw)) for s, row, raw in zip(starts, rows, raws)]
+        # commonprefix compares any sequences element-wise, token lists included
+        spans = [(s, s + len(os.path.commonprefix([row[s:], raw]))) for s, row, raw in zip(starts, rows, raws)]
         width = max(len(r) for r in rows)
         logp = torch.zeros(len(rows), width, device=hidden.device)
         mask = torch.zeros(len(rows), width, device=hidden.device)

@@ -13,7 +13,6 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from irlm.data import load_dataset
@@ -23,7 +22,7 @@ from irlm.methods.reasoning.keywords import condense, render
 from irlm.methods.reasoning.model import ReasoningEmbedder
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
-from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
 from irlm.utils import write_json
 
 PROMPT_VERSION = "reasoning-v1"
@@ -152,7 +151,7 @@ def train(cfg: ReasoningConfig) -> dict:
     emb.model.eval()
     thinking = "none" if cfg.reasoning == "none" else cfg.eval_reasoning  # a model never taught to think
     fill = ablation_filler(cfg.reasoning, examples, cfg.seed) if thinking == "source" else None
-    with torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with autocast(emb.device.type, cfg.precision):
         metrics = evaluate_reasoner(emb, cfg.eval_data, thinking, fill=fill)
     results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
                "metrics": metrics}
@@ -178,7 +177,7 @@ def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dic
     def encode(batch: list[str]):
         # the same precision as training: the index is built before the trainer's autocast and refreshed
         # inside it, and a mix of fp32 and bf16 rows would drift apart for reasons other than the policy
-        with torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with autocast(emb.device.type, cfg.precision):
             return emb.encode_docs([texts[i] for i in batch])
 
     return SelectiveIndex(ids, encode, cfg.env_top_k, cfg.env_slice)
