@@ -8,6 +8,12 @@
 Prints one JSON line.
 
     python bench/train.py --model smollm2-135m --steps 4 --batch 16 --big-batch 256
+
+With `--sweep 0,10,20,25` it instead measures training pairs per second when the first F layers are
+frozen and read from cached activations (irlm.train.cached), against full fine-tuning (F = 0), same
+model, batch and examples, one process; the one-time cost of filling the cache is reported apart.
+
+    python bench/train.py --sweep 0,10,20,25 --batch 32 --max-length 128 --steps 3
 """
 
 from __future__ import annotations
@@ -84,6 +90,40 @@ def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
         return tokens / (time.perf_counter() - start)
 
 
+def cached_sweep(args) -> dict:
+    """Pairs/s of ContrastiveTask steps at each F; F = 0 is the full model, every parameter trained."""
+    from irlm.train.cached import CachedEncoder
+    from irlm.train.contrastive import ContrastiveTask
+    from irlm.train.loop import TrainConfig, Trainer
+
+    data = examples(args.batch * (args.steps + 1), args.negatives)
+    texts = [t for ex in data for t in [ex.query, *ex.positives, *ex.negatives]]
+    out = {}
+    for layers in [int(x) for x in args.sweep.split(",")]:
+        enc, fill_s = encoder(args.model, args.max_length), 0.0
+        with tempfile.TemporaryDirectory() as tmp:
+            if layers:
+                enc = CachedEncoder.wrap(enc, layers, f"{tmp}/acts")
+                start = time.perf_counter()
+                enc.fill(texts, progress=False)
+                fill_s = time.perf_counter() - start
+            cfg = TrainConfig(output_dir=f"{tmp}/run", max_steps=args.steps + 1, batch_size=args.batch, save_every=0)
+            trainer = Trainer(ContrastiveTask(enc, 0.05, args.negatives), data, cfg)
+            trainer.train_step()  # warm-up, not timed
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                trainer.train_step()
+            pairs_s = args.steps * args.batch / (time.perf_counter() - start)
+        out[layers] = {"pairs_per_s": round(pairs_s, 3), "fill_texts_per_s": round(len(set(texts)) / fill_s, 1)
+                       if fill_s else None}  # fmt: skip
+    base = out.get(0, {}).get("pairs_per_s")
+    for row in out.values():
+        row["speedup"] = round(row["pairs_per_s"] / base, 2) if base else None
+    return {"bench": "train-cached", "model": args.model, "batch": args.batch, "negatives": args.negatives,
+            "max_length": args.max_length, "steps": args.steps, "threads": torch.get_num_threads(),
+            "baseline": "F=0: full fine-tuning, same loop", "layers": out}  # fmt: skip
+
+
 def one_big_step(model, max_length, batch, negatives, chunk) -> None:
     from irlm.train.contrastive import ContrastiveTask
 
@@ -111,11 +151,14 @@ def main() -> None:
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--big-max-length", type=int, default=16, help="kept short so the uncached step fits in RAM")
     ap.add_argument("--cache-chunk", type=int, default=32)
+    ap.add_argument("--sweep", default="", help="comma-separated frozen-layer counts F, e.g. 0,10,20,25")
     ap.add_argument("--one-step", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one_step:
         return one_big_step(args.model, args.max_length, args.one_step, args.negatives, args.chunk)
+    if args.sweep:
+        return print(json.dumps(cached_sweep(args)))
     data = examples(args.batch * (args.steps + 1), args.negatives)
     torch.manual_seed(0)
     plain = plain_loop(encoder(args.model, args.max_length), data, args.steps, args.batch, args.negatives)

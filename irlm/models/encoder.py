@@ -157,7 +157,7 @@ class LLMEncoder:
             for start in range(0, len(ids), bs):
                 idx = order[start : start + bs]
                 batch = self.collate([ids[i] for i in idx])
-                out[idx] = self.embed(batch["input_ids"], batch["attention_mask"]).cpu().numpy()
+                out[idx] = self.embed(**batch).cpu().numpy()  # a subclass may add inputs (cached states)
                 bar.update(len(idx))
         return out
 

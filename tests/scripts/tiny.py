@@ -11,12 +11,12 @@ from irlm.models.encoder import EncoderConfig, LLMEncoder
 from irlm.models.resolve import resolve_model
 
 
-def tiny_encoder(seed: int = 0, **cfg) -> LLMEncoder:
+def tiny_encoder(seed: int = 0, layers: int = 2, **cfg) -> LLMEncoder:
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))  # a small real vocabulary
-    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaModel(config).float()
     settings = {"model": "tiny", "pooling": "mean", "append_eos": False, "max_length": 32, "dtype": "fp32", **cfg}

@@ -46,8 +46,10 @@ class RetrieverConfig:
     data: str = "scifact"  # original training pairs: the train_split qrels, BM25-mined negatives
     train_split: str = "train"
     augment_files: list[str] = field(default_factory=list)  # JSONL from `irlm augment`, added to the pairs
+    dev_queries: int = 0  # > 0: hold out this many train queries (a fixed draw, the same for every seed) as DATA-dev
     augment_limit: int = 0  # > 0: the first N examples of each file, so ablation rows differ in source, not volume
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])
+    hybrid: bool = True  # also score the dense run fused with BM25's (RRF, k 60) as DATA+bm25
     output_dir: str = "runs/drama/ft"
     steps: int = 30  # the same for every ablation row: more data, not more updates
     lr: float = 5e-5  # METHODS.md §0: 5e-5 got SmolLM2 off the ground on CPU budgets
@@ -55,6 +57,11 @@ class RetrieverConfig:
     n_negatives: int = 1
     batch_size: int = 32
     cache_chunk: int = 0
+    # > 0: freeze the embeddings and the first F layers and train the rest on cached layer-F states
+    # (irlm.train.cached): about 3x the pairs per second at F = 20 of SmolLM2's 30 (bench/train.py --sweep)
+    cache_layers: int = 0
+    activations: str = ""  # cache folder; default $IRLM_CACHE/activations/<fingerprint of the frozen weights>
+    activation_dtype: str = "bf16"  # bf16 halves the disk (a 5k-document corpus at 128 tokens: ~0.7 GB)
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128
     precision: str = "bf16"

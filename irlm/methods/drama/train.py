@@ -6,26 +6,77 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples
-from irlm.eval.benchmark import evaluate_encoder
+from irlm.eval import evaluate, write_trec
+from irlm.index import BM25Retriever, DenseRetriever
+from irlm.index.fusion import rrf, top_k
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
+from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.utils import bf16_is_faster, write_json
 
 
+def dev_qids(cfg: RetrieverConfig) -> set[str]:
+    """The held-out train queries: a draw with its own fixed seed, so every training seed tunes on the same."""
+    if not (cfg.data and cfg.dev_queries):
+        return set()
+    qids = sorted(load_dataset(cfg.data).qrels[cfg.train_split])
+    random.Random(0).shuffle(qids)
+    return set(qids[: cfg.dev_queries])
+
+
 def training_examples(cfg: RetrieverConfig) -> list[TrainExample]:
     examples = qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed) if cfg.data else []
+    held_out = dev_qids(cfg)
+    examples = [ex for ex in examples if ex.meta.get("qid") not in held_out]
     for path in cfg.augment_files:
         examples.extend(read_examples(path)[: cfg.augment_limit or None])
     return examples
+
+
+def training_texts(encoder, examples: list[TrainExample]) -> list[str]:
+    """Every text a training step can embed, prefixed as make_batch prefixes it."""
+    cfg = encoder.config
+    docs = {d for ex in examples for d in [*ex.positives, *ex.negatives]}
+    return [cfg.query_prefix + ex.query for ex in examples] + [cfg.passage_prefix + d for d in sorted(docs)]
+
+
+def evaluate_dev(encoder, cfg: RetrieverConfig) -> dict[str, dict]:
+    """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe)."""
+    held_out = dev_qids(cfg)
+    if not held_out:
+        return {}
+    ds = load_dataset(cfg.data)
+    queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
+    run = DenseRetriever.build(ds.corpus, encoder).search(queries, k=1000)
+    qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
+    return {f"{cfg.data}-dev": evaluate(run, qrels)}
+
+
+def evaluate_test(encoder, cfg: RetrieverConfig) -> dict[str, dict]:
+    """{DATA: metrics} per eval set, and {DATA+bm25: metrics} for the dense run fused with BM25's by RRF.
+    Each dense run is kept as OUTPUT_DIR/DATA.trec, re-scorable with `irlm eval --run`."""
+    out = {}
+    for name in cfg.eval_data:
+        ds = load_dataset(name)
+        queries, qrels = ds.split_queries("test"), ds.qrels["test"]
+        dense = DenseRetriever.build(ds.corpus, encoder).search(queries, k=1000)
+        write_trec(dense, Path(cfg.output_dir) / f"{ds.name}.trec")
+        out[name] = evaluate(dense, qrels)
+        if cfg.hybrid:
+            bm25 = BM25Retriever.build(ds.corpus).search(queries, k=1000)
+            out[f"{name}+bm25"] = evaluate(top_k(rrf([dense, bm25]), 1000), qrels)
+    return out
 
 
 def train(cfg: RetrieverConfig) -> dict:
@@ -36,6 +87,9 @@ def train(cfg: RetrieverConfig) -> dict:
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, pooling=cfg.pooling,
                                          max_length=cfg.max_length, dtype="fp32")  # fmt: skip
     encoder.config.dtype = "auto"  # fp32 master weights; the saved model loads as bf16 where faster
+    if cfg.cache_layers:
+        encoder = cached_encoder(encoder, cfg.cache_layers, training_texts(encoder, examples),
+                                 cfg.activations or None, cfg.activation_dtype)  # fmt: skip
     task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
     tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                      precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
@@ -47,7 +101,7 @@ def train(cfg: RetrieverConfig) -> dict:
         encoder.model.to(torch.bfloat16)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
-               "metrics": evaluate_encoder(encoder, cfg.eval_data)}  # fmt: skip
+               "metrics": {**evaluate_dev(encoder, cfg), **evaluate_test(encoder, cfg)}}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
