@@ -107,7 +107,8 @@ def cached_sweep(args) -> dict:
                 start = time.perf_counter()
                 enc.fill(texts, progress=False)
                 fill_s = time.perf_counter() - start
-            cfg = TrainConfig(output_dir=f"{tmp}/run", max_steps=args.steps + 1, batch_size=args.batch, save_every=0)
+            cfg = TrainConfig(output_dir=f"{tmp}/run", max_steps=args.steps + 1, batch_size=args.batch, save_every=0,
+                              precision=args.precision)  # fmt: skip
             trainer = Trainer(ContrastiveTask(enc, 0.05, args.negatives), data, cfg)
             trainer.train_step()  # warm-up, not timed
             start = time.perf_counter()
@@ -121,7 +122,7 @@ def cached_sweep(args) -> dict:
         row["speedup"] = round(row["pairs_per_s"] / base, 2) if base else None
     return {"bench": "train-cached", "model": args.model, "batch": args.batch, "negatives": args.negatives,
             "max_length": args.max_length, "steps": args.steps, "threads": torch.get_num_threads(),
-            "baseline": "F=0: full fine-tuning, same loop", "layers": out}  # fmt: skip
+            "precision": args.precision, "baseline": "F=0: full fine-tuning, same loop", "layers": out}  # fmt: skip
 
 
 def one_big_step(model, max_length, batch, negatives, chunk) -> None:
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--big-max-length", type=int, default=16, help="kept short so the uncached step fits in RAM")
     ap.add_argument("--cache-chunk", type=int, default=32)
+    ap.add_argument("--precision", default="fp32", help="--sweep: fp32 (bf16 autocast trains ~20x slower on AVX2 CPUs)")
     ap.add_argument("--sweep", default="", help="comma-separated frozen-layer counts F, e.g. 0,10,20,25")
     ap.add_argument("--one-step", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)

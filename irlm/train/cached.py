@@ -179,6 +179,9 @@ def cached_encoder(encoder: LLMEncoder, layers: int, texts: list[str], folder: s
     rank, size = world()
     enc = CachedEncoder.wrap(encoder, layers, folder, dtype, writable=rank == 0)
     enc.filled = enc.fill(texts) if rank == 0 else 0
+    if rank == 0:
+        tqdm.write(f"activation cache {enc.cache.folder}: {len(enc.cache.index)} sequences, "
+                   f"{enc.cache.nbytes() / 2**20:.0f} MB ({enc.filled} computed now)")  # fmt: skip
     if size > 1:
         dist.barrier()
         enc.cache.reload()

@@ -180,6 +180,6 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     assert first["examples"] == {"original": 2}  # 3 judged queries, 1 held out
     assert set(first["metrics"]) == {f"{toy_beir}-dev"} and first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
     rows = len((tmp_path / "acts" / "index.jsonl").read_text().splitlines())
-    assert rows == 3 + 5  # 2 training queries, 3 training documents; evaluation added the corpus and dev query
+    assert rows == 4 + 4  # 2 training queries and their 2 documents; evaluation added 3 documents and the dev query
     run(2)  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
