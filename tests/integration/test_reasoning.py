@@ -74,7 +74,10 @@ def test_chunked_grpo_step_gives_the_same_gradients(emb, chunk):
     got = _grads(emb.model)
     assert set(got) == set(ref)
     for name, g in ref.items():
-        assert torch.allclose(got[name], g, atol=1e-5, rtol=1e-4), name
+        # summation order differs between chunked and whole passes: the noise scales with the largest gradient
+        # (5e-4 against a maximum of 629 on an AVX2 CPU), while a dropped term moves gradients by their own size
+        tol = 1e-5 + 1e-6 * g.abs().max().item()
+        assert torch.allclose(got[name], g, atol=tol, rtol=1e-4), name
     assert parts["reward_mean"] == want["reward_mean"] and parts["grpo"] == pytest.approx(want["grpo"], abs=1e-6)
     assert parts["infonce"] == pytest.approx(want["infonce"], rel=1e-5)
 
