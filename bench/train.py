@@ -93,14 +93,14 @@ def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
 def cached_sweep(args) -> dict:
     """Pairs/s of ContrastiveTask steps at each F; F = 0 is the full model, every parameter trained."""
     from irlm.train.cached import CachedEncoder
-    from irlm.train.contrastive import ContrastiveTask
+    from irlm.train.contrastive import ContrastiveTask, batch_texts
     from irlm.train.loop import TrainConfig, Trainer
 
     data = examples(args.batch * (args.steps + 1), args.negatives)
-    texts = [t for ex in data for t in [ex.query, *ex.positives, *ex.negatives]]
     out = {}
     for layers in [int(x) for x in args.sweep.split(",")]:
         enc, fill_s = encoder(args.model, args.max_length), 0.0
+        texts = batch_texts(enc, data)
         with tempfile.TemporaryDirectory() as tmp:
             if layers:
                 enc = CachedEncoder.wrap(enc, layers, f"{tmp}/acts")

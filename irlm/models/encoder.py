@@ -134,12 +134,19 @@ class LLMEncoder:
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=16, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled (and normalised) embeddings with gradients. (B, T) -> (B, C) in fp32."""
-        kw = {}
+    def run(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        """The backbone's last hidden states (B, T, C); `inputs` holds input_ids or inputs_embeds."""
         if self._takes_positions:  # positions from the mask, so left padding does not shift them
-            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self._position_offset
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+            inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self._position_offset
+        return self.model(attention_mask=attention_mask, **inputs).last_hidden_state
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.run(attention_mask, input_ids=input_ids)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        """Pooled (and normalised) embeddings with gradients. (B, T) -> (B, C) in fp32.
+        Extra `inputs` from a subclass's collate (cached states) go to its `hidden`."""
+        hidden = self.hidden(input_ids, attention_mask, **inputs)
         token_id = self._suffix[0] if self.config.pooling == "token" else None
         emb = pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
         return F.normalize(emb, dim=-1) if self.config.normalize else emb

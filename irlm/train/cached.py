@@ -31,12 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from irlm.errors import InputError
-from irlm.models import pooling
 from irlm.models.encoder import LLMEncoder
 from irlm.train.loop import autocast, world
 from irlm.utils import bf16_is_faster, cache_dir
@@ -213,7 +211,7 @@ class CachedEncoder(LLMEncoder):
         """(B, T) -> (B, T, C): the hidden states entering layer F, as the full model computes them."""
         dec = decoder_of(self.model)
         with only_layers(dec, list(dec.layers[: self.layers]), final_norm=False):
-            return self._run(input_ids=input_ids, attention_mask=attention_mask).float()
+            return self.run(attention_mask, input_ids=input_ids, use_cache=False).float()
 
     def fill(self, texts: list[str], batch_size: int | None = None, progress: bool = True) -> int:
         """Cache every text's states that is not cached yet (tokenised as training does); returns how many."""
@@ -254,19 +252,11 @@ class CachedEncoder(LLMEncoder):
         batch["inputs_embeds"] = states.to(self.device)
         return batch
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Pooled embeddings from the top layers; (B, T) ids and mask, (B, T, C) layer-F states."""
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Last hidden states from the top layers; (B, T, C) layer-F states in, computed when not given."""
         if inputs_embeds is None:
             inputs_embeds = self.lower_states(input_ids, attention_mask)
         dec = decoder_of(self.model)
         with only_layers(dec, list(dec.layers[self.layers :])):
-            hidden = self._run(inputs_embeds=inputs_embeds.to(dec.norm.weight.dtype), attention_mask=attention_mask)
-        token_id = self._suffix[0] if self.config.pooling == "token" else None
-        emb = pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
-        return F.normalize(emb, dim=-1) if self.config.normalize else emb
-
-    def _run(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(attention_mask=attention_mask, position_ids=positions, use_cache=False, **inputs)
-        return out.last_hidden_state
+            return self.run(attention_mask, inputs_embeds=inputs_embeds.to(dec.norm.weight.dtype), use_cache=False)

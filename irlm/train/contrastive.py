@@ -38,6 +38,13 @@ def make_batch(encoder, examples: list[TrainExample], n_negatives: int, seed: in
     }
 
 
+def batch_texts(encoder, examples: list[TrainExample]) -> list[str]:
+    """Every text make_batch can embed for these examples, prefixed as it prefixes them (each once)."""
+    cfg = encoder.config
+    docs = dict.fromkeys(d for ex in examples for d in [*ex.positives, *ex.negatives])
+    return [cfg.query_prefix + ex.query for ex in examples] + [cfg.passage_prefix + d for d in docs]
+
+
 def qrels_examples(data: str, split: str = "train", n_negatives: int = 1, seed: int = 42) -> list[TrainExample]:
     """(query, positive) pairs from a dataset's qrels, with hard negatives mined by BM25 (margin 0.95)."""
     from irlm.data import load_dataset

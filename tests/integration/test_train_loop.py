@@ -47,22 +47,23 @@ def test_data_stream_is_a_function_of_step():
     assert sorted(first[0] + first[1] + first[2][:2]) == data  # epoch 0 covers every example once
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--cache-layers", "2"]], ids=["full", "cached-activations"])
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, extra):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_script(straight, 10)
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train_run.py"), str(killed), "10", "--sleep", "0.3"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    run_script(straight, 10, *extra)
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train_run.py"), str(killed), "10", "--sleep", "0.3",
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not list((killed / "checkpoints").glob("step-0000004")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists(), "the run finished before it could be killed"
-    out = run_script(killed, 10)
+    out = run_script(killed, 10, *extra)
     assert "resumed from" in out.stderr
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(killed / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("layers.0.") for k in a)  # the whole model, frozen layers too
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import tiny_encoder, toy_examples  # noqa: E402
 
 from irlm.train.cached import cached_encoder  # noqa: E402
-from irlm.train.contrastive import ContrastiveTask  # noqa: E402
+from irlm.train.contrastive import ContrastiveTask, batch_texts  # noqa: E402
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world  # noqa: E402
 
 
@@ -42,7 +42,8 @@ def main() -> None:
     seed_everything(0)
     encoder = tiny_encoder()
     if args.cache_layers:
-        encoder = cached_encoder(tiny_encoder(layers=3), args.cache_layers, texts_of(toy_examples(16)),
+        encoder = tiny_encoder(layers=3)
+        encoder = cached_encoder(encoder, args.cache_layers, batch_texts(encoder, toy_examples(16)),
                                  Path(args.out) / "acts", dtype="fp32")  # fmt: skip
     task = Slow(encoder, temperature=0.05, n_negatives=2, cache_chunk=args.cache_chunk)
     task.delay = args.sleep
@@ -53,10 +54,6 @@ def main() -> None:
         dump_one_step(trainer, args.grads)
     else:
         trainer.fit()
-
-
-def texts_of(examples) -> list[str]:
-    return [t for ex in examples for t in [ex.query, *ex.positives, *ex.negatives]]
 
 
 def dump_one_step(trainer: Trainer, path: str) -> None:

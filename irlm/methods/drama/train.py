@@ -15,13 +15,13 @@ import torch
 
 from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples
-from irlm.eval import evaluate, write_trec
-from irlm.index import BM25Retriever, DenseRetriever
-from irlm.index.fusion import rrf, top_k
+from irlm.eval import evaluate
+from irlm.eval.benchmark import evaluate_encoder
+from irlm.index import DenseRetriever
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
-from irlm.train.contrastive import ContrastiveTask, qrels_examples
+from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.utils import bf16_is_faster, write_json
 
@@ -35,25 +35,17 @@ def dev_qids(cfg: RetrieverConfig) -> set[str]:
     return set(qids[: cfg.dev_queries])
 
 
-def training_examples(cfg: RetrieverConfig) -> list[TrainExample]:
+def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) -> list[TrainExample]:
+    """The train qrels' pairs without the held-out dev queries, then each augmentation file's examples."""
     examples = qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed) if cfg.data else []
-    held_out = dev_qids(cfg)
     examples = [ex for ex in examples if ex.meta.get("qid") not in held_out]
     for path in cfg.augment_files:
         examples.extend(read_examples(path)[: cfg.augment_limit or None])
     return examples
 
 
-def training_texts(encoder, examples: list[TrainExample]) -> list[str]:
-    """Every text a training step can embed, prefixed as make_batch prefixes it."""
-    cfg = encoder.config
-    docs = {d for ex in examples for d in [*ex.positives, *ex.negatives]}
-    return [cfg.query_prefix + ex.query for ex in examples] + [cfg.passage_prefix + d for d in sorted(docs)]
-
-
-def evaluate_dev(encoder, cfg: RetrieverConfig) -> dict[str, dict]:
+def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str]) -> dict[str, dict]:
     """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe)."""
-    held_out = dev_qids(cfg)
     if not held_out:
         return {}
     ds = load_dataset(cfg.data)
@@ -63,32 +55,17 @@ def evaluate_dev(encoder, cfg: RetrieverConfig) -> dict[str, dict]:
     return {f"{cfg.data}-dev": evaluate(run, qrels)}
 
 
-def evaluate_test(encoder, cfg: RetrieverConfig) -> dict[str, dict]:
-    """{DATA: metrics} per eval set, and {DATA+bm25: metrics} for the dense run fused with BM25's by RRF.
-    Each dense run is kept as OUTPUT_DIR/DATA.trec, re-scorable with `irlm eval --run`."""
-    out = {}
-    for name in cfg.eval_data:
-        ds = load_dataset(name)
-        queries, qrels = ds.split_queries("test"), ds.qrels["test"]
-        dense = DenseRetriever.build(ds.corpus, encoder).search(queries, k=1000)
-        write_trec(dense, Path(cfg.output_dir) / f"{ds.name}.trec")
-        out[name] = evaluate(dense, qrels)
-        if cfg.hybrid:
-            bm25 = BM25Retriever.build(ds.corpus).search(queries, k=1000)
-            out[f"{name}+bm25"] = evaluate(top_k(rrf([dense, bm25]), 1000), qrels)
-    return out
-
-
 def train(cfg: RetrieverConfig) -> dict:
     """InfoNCE for `steps` steps on all examples, then nDCG@10 etc. on each eval set; writes results.json."""
     init_distributed()
     seed_everything(cfg.seed)
-    examples = training_examples(cfg)
+    held_out = dev_qids(cfg)
+    examples = training_examples(cfg, held_out)
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, pooling=cfg.pooling,
                                          max_length=cfg.max_length, dtype="fp32")  # fmt: skip
     encoder.config.dtype = "auto"  # fp32 master weights; the saved model loads as bf16 where faster
     if cfg.cache_layers:
-        encoder = cached_encoder(encoder, cfg.cache_layers, training_texts(encoder, examples),
+        encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples),
                                  cfg.activations or None, cfg.activation_dtype)  # fmt: skip
     task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
     tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -101,7 +78,8 @@ def train(cfg: RetrieverConfig) -> dict:
         encoder.model.to(torch.bfloat16)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
-               "metrics": {**evaluate_dev(encoder, cfg), **evaluate_test(encoder, cfg)}}  # fmt: skip
+               "metrics": {**evaluate_dev(encoder, cfg, held_out),
+                           **evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid)}}
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
