@@ -136,12 +136,20 @@ class MicroBatcher:
             p.future.set_result(r)
 
 
-def closing_lifespan(batcher: MicroBatcher):
-    """A FastAPI lifespan that stops the batcher's worker thread when the app shuts down."""
+def closing_lifespan(batcher: MicroBatcher, cancel: threading.Event | None = None):
+    """A FastAPI lifespan that stops the batcher's worker thread when the app shuts down.
+
+    With `cancel` (a generator's), the batch running at shutdown is told to stop at its next step, so the
+    server exits at once instead of finishing a long generation whose clients are already gone.
+    """
 
     @asynccontextmanager
     async def lifespan(app):
         yield
+        if cancel is not None:
+            cancel.set()
         batcher.close()
+        if cancel is not None:
+            cancel.clear()  # the generator itself stays usable (tests build several apps around one)
 
     return lifespan

@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from irlm import options as opt
 from irlm.errors import InputError
+from irlm.utils import check_output
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decoder-only LLMs as retrieval systems.")
 data_app = typer.Typer(no_args_is_help=True, help="Named datasets.")
@@ -85,6 +87,8 @@ def encode(
     from irlm.models import LLMEncoder
     from irlm.train.loop import init_distributed, world
 
+    _check_encoder_flags(backend, batch_size, dtype, device, pooling)
+    check_output(out, folder=True)
     init_distributed()
     if device is None and world()[1] > 1 and _cuda():
         device = f"cuda:{world()[0] % _cuda()}"  # one GPU per process
@@ -93,6 +97,18 @@ def encode(
     encoder = LLMEncoder.from_pretrained(model, device=device, **opts)
     if encode_sharded(load_dataset(data).corpus, encoder, out, backend, batch_size) is not None:
         err.print(f"saved dense index to {out}")
+
+
+def _check_encoder_flags(backend: str, batch_size: int | None, dtype: str | None, device: str | None,
+                         pooling: str | None = None) -> None:  # fmt: skip
+    from irlm.index.dense import BACKENDS
+    from irlm.models.pooling import POOLERS
+
+    opt.one_of(backend, BACKENDS, "--backend")
+    opt.at_least(batch_size, 1, "--batch-size")
+    opt.one_of(dtype, opt.DTYPES, "--dtype")
+    opt.one_of(pooling, (*POOLERS, "token"), "--pooling")
+    opt.device(device)
 
 
 def _cuda() -> int:
@@ -112,6 +128,9 @@ def index(
     device: str | None = DeviceOpt,
 ) -> None:
     """Build a BM25 or dense index; or convert saved embeddings to a FAISS backend."""
+    opt.one_of(retriever, opt.RETRIEVERS, "--retriever")
+    _check_encoder_flags(backend, None, None, device)
+    check_output(out, folder=True)
     if embeddings:
         from irlm.index import DenseIndex
 
@@ -152,18 +171,30 @@ def search(
     """Search an index with one query or a dataset's queries."""
     from irlm.index import load_retriever
 
+    opt.at_least(k, 1, "--k")
+    opt.device(device)
+    if query is None:
+        if not data or not out:
+            raise InputError("give --query, or --data and --out to write a run file")
+        check_output(out)
     retriever = load_retriever(index, device)
     if query is not None:
         for rank, (doc, score) in enumerate(retriever.search({"q": query}, k)["q"].items(), start=1):
             print(f"{rank}\t{doc}\t{score:.4f}")
         return
-    if not data or not out:
-        raise InputError("give --query, or --data and --out to write a run file")
-    from irlm.data import load_dataset
     from irlm.eval import write_trec
 
-    write_trec(retriever.search(load_dataset(data).split_queries(split), k), out)
+    write_trec(retriever.search(_split_queries(data, split), k), out)
     err.print(f"wrote {out}")
+
+
+def _split_queries(data: str, split: str):
+    from irlm.data import load_dataset
+
+    ds = load_dataset(data)
+    if split not in ds.qrels:
+        raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
+    return ds.split_queries(split)
 
 
 @app.command("eval")
@@ -189,6 +220,7 @@ def eval_cmd(
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
 
+    _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run)
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
@@ -206,6 +238,18 @@ def eval_cmd(
     metrics = evaluate(result, qrels, chosen)
     label = str(run or index or (model if retriever == "dense" else retriever))
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)
+
+
+def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run) -> None:
+    opt.one_of(retriever, (*opt.RETRIEVERS, "hybrid"), "--retriever")
+    opt.one_of(fusion, opt.FUSIONS, "--fusion")
+    opt.weight(weight)
+    opt.at_least(k, 1, "--k")
+    _check_encoder_flags("exact", None, dtype, device)
+    if run:
+        opt.existing_file(run, "--run")
+    if out_run:
+        check_output(out_run, "--out-run")
 
 
 def _system(kind, data, model, device, index, fusion, weight, enc_opts):
@@ -239,12 +283,13 @@ def fuse(
     from irlm.eval import read_trec, write_trec
     from irlm.index import rrf, weighted
 
+    opt.one_of(method, opt.FUSIONS, "--method")
+    w = opt.weights(weights, len(runs)) if weights else [1 / len(runs)] * len(runs)
+    for r in runs:
+        opt.existing_file(r, "run file")
+    check_output(out)
     loaded = [read_trec(r) for r in runs]
-    if method == "rrf":
-        fused = rrf(loaded)
-    else:
-        w = [float(x) for x in weights.split(",")] if weights else [1 / len(loaded)] * len(loaded)
-        fused = weighted(loaded, w)
+    fused = rrf(loaded) if method == "rrf" else weighted(loaded, w)
     write_trec(fused, out, tag=f"fused-{method}")
 
 
@@ -311,6 +356,9 @@ def augment(
     from irlm.methods.drama.config import AugmentConfig
     from irlm.utils import load_config
 
+    opt.device(device)
+    opt.at_least(n, 1, "--n")
+    check_output(out)
     given = {"strategy": strategy, "data": data, "out": str(out), "teacher": teacher, "retriever": retriever, "n": n}
     flags = [f"{k}={json.dumps(v)}" for k, v in given.items() if v is not None]  # JSON: YAML-safe quoting
     cfg = load_config(AugmentConfig, config, flags + list(overrides or []))
@@ -355,12 +403,18 @@ def serve_llm_cmd(
     port: int = typer.Option(8000),
     api_key_env: str = typer.Option("IRLM_API_KEY", help="Environment variable holding the key clients must send."),
     batch_size: int = typer.Option(8, help="Concurrent requests micro-batched into one generate call."),
+    max_tokens: int = typer.Option(1024, help="The most new tokens one request may ask for (bounds others' wait)."),
+    dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
     device: str | None = DeviceOpt,
 ) -> None:
     """Serve a model behind the OpenAI completions and chat API (for `--teacher http://host:port/v1`)."""
     from irlm.models.generator.server import serve_llm
 
-    serve_llm(model=model, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device)
+    _check_server_flags(port, batch_size, device)
+    opt.at_least(max_tokens, 1, "--max-tokens")
+    opt.one_of(dtype, opt.DTYPES, "--dtype")
+    serve_llm(model=model, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device,
+              dtype=dtype, max_tokens=max_tokens)  # fmt: skip
 
 
 @app.command("serve")
@@ -376,7 +430,14 @@ def serve_cmd(
     """Serve a retriever: POST /search, POST /encode, GET /health, GET /metrics."""
     from irlm.serve import serve
 
+    _check_server_flags(port, batch_size, device)
     serve(index, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device, data=data)
+
+
+def _check_server_flags(port: int, batch_size: int, device: str | None) -> None:
+    opt.port(port)
+    opt.at_least(batch_size, 1, "--batch-size")
+    opt.device(device)
 
 
 sr_app = typer.Typer(no_args_is_help=True,
@@ -421,6 +482,9 @@ def sr_search(
     device: str | None = DeviceOpt,
 ) -> None:
     """Trie-constrained retrieval with self-assessment scores."""
+    opt.at_least(k, 1, "--k")
+    if query is None and out:
+        check_output(out)
     retriever, data = _self_retriever(model, data, device)
     if query is not None:
         for rank, c in enumerate(retriever.candidates(query)[:k], start=1):
@@ -428,10 +492,9 @@ def sr_search(
         return
     if not out:
         raise InputError("give --query, or --out to write a run file")
-    from irlm.data import load_dataset
     from irlm.eval import write_trec
 
-    write_trec(retriever.search(load_dataset(data).split_queries(split), k), out)
+    write_trec(retriever.search(_split_queries(data, split), k), out)
     err.print(f"wrote {out}")
 
 
@@ -470,6 +533,11 @@ def mine(
     from irlm.data.mining import mine_examples
     from irlm.data.training import write_examples
 
+    opt.one_of(retriever, opt.RETRIEVERS, "--retriever")
+    opt.at_least(negatives, 0, "--negatives")
+    opt.at_least(depth, 1, "--depth")
+    opt.device(device)
+    check_output(out)
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
@@ -522,11 +590,19 @@ def run() -> None:
     try:
         app()
     except InputError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(e, 2)
     except (EndpointError, BudgetExceeded) as e:  # a teacher endpoint that stays down, or a spent budget
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(e, 1)
+    except OSError as e:  # the file system said no (permissions, a full disk): its message names the path
+        _fail(e, 1)
+
+
+def _fail(e: Exception, code: int) -> None:
+    from rich.markup import escape
+
+    # escaped: a path or value such as "[1, 2]" must print as given, not be read as rich markup
+    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

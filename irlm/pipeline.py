@@ -26,14 +26,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from irlm.errors import InputError
-from irlm.utils import write_json
+from irlm.utils import check_output, clean_stale_temporaries, did_you_mean, mark_as_irlm, read_yaml, write_json
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
 REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
+# a stage's folder is run_dir/NAME: a plain name (no '/', '.', '..', nothing absolute) never leaves run_dir
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def stage_hash(stage: dict, previous: str) -> str:
@@ -48,7 +48,9 @@ def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no recipe at {path}")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    recipe = read_yaml(path) or {}
+    if not isinstance(recipe, dict):
+        raise InputError("a recipe is a mapping with 'run_dir' and 'stages'", str(path))
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise InputError(f"{path}: 'stages' must be a non-empty list")
@@ -56,13 +58,31 @@ def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
     for n, st in enumerate(stages, 1):
         if not isinstance(st, dict) or "name" not in st or "kind" not in st:
             raise InputError(f"{path}: stage {n} needs a 'name' and a 'kind'")
+        if not isinstance(st["name"], str) or not STAGE_NAME.fullmatch(st["name"]):
+            raise InputError(f"{path}: stage {n} name {st['name']!r} must be letters, digits, '_' or '-' "
+                             "(it names a folder inside run_dir)")  # fmt: skip
         if st["kind"] not in STAGES:
             raise InputError(f"{path}: stage '{st['name']}' has unknown kind '{st['kind']}' "
                              f"(known: {', '.join(sorted(STAGES))})")  # fmt: skip
         if st["name"] in names:
             raise InputError(f"{path}: two stages are named '{st['name']}'")
+        check_keys(path, st)
         names.add(st["name"])
-    return Path(recipe.get("run_dir", f"runs/{path.stem}")), stages
+    run_dir = recipe.get("run_dir", f"runs/{path.stem}")
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        raise InputError(f"{path}: 'run_dir' must be a folder path, got {run_dir!r}")
+    return Path(run_dir), stages
+
+
+def check_keys(path: Path, stage: dict) -> None:
+    """A typo'd key in a built-in stage is an error (`retreiver: dense` once ran BM25 and called it BM25);
+    the other kinds' settings are checked against their config dataclass when they run."""
+    allowed = STAGE_KEYS.get(stage["kind"])
+    if allowed is None:
+        return
+    for key in stage:
+        if key not in allowed | {"name", "kind", "expected"}:
+            raise InputError(f"{path}: stage '{stage['name']}' has unknown key '{key}'{did_you_mean(key, allowed)}")
 
 
 def resolve_refs(value, folders: dict[str, Path]):
@@ -86,16 +106,37 @@ def claim(folder: Path, h: str, fresh: bool = False) -> None:
     is kept (its checkpoints resume) unless `fresh`; one from other settings is emptied, or the trainer
     would resume from checkpoints of the old settings."""
     mark = folder / ".stage_hash"
+    check_output(folder, "stage folder", folder=True)  # only a folder irlm made may be emptied
+    clean_stale_temporaries(folder)  # half-written copies of it from a killed run
     if folder.exists() and (fresh or not mark.is_file() or mark.read_text() != h):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    mark_as_irlm(folder)
     mark.write_text(h)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """The run directory holds state.json and the stage folders: refuse a folder of someone else's files."""
+    if not _is_state(run_dir / STATE):
+        check_output(run_dir, "run_dir", folder=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_as_irlm(run_dir)
+
+
+def _is_state(path: Path) -> bool:
+    """An irlm state.json: a run directory from before irlm marked its folders."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and all(isinstance(v, dict) and "hash" in v for v in state.values())
 
 
 def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     """Run every stage whose hash is not yet recorded as finished; returns the state."""
     run_dir, stages = load_recipe(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(stages, run_dir)
+    claim_run_dir(run_dir)
     state_path = run_dir / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() and not force else {}
     previous, folders, stale = "", {}, False
@@ -173,14 +214,49 @@ TRAINERS = {  # method -> (config module, config class, train module)
 }
 
 
+CONFIGS = {  # stage kind -> (config module, config class, the field that names the stage's output)
+    "augment": ("irlm.methods.drama.config", "AugmentConfig", "out"),
+    "prune": ("irlm.methods.drama.config", "PruneConfig", "output_dir"),
+    "pretrain": ("irlm.methods.drama.config", "PretrainConfig", "output_dir"),
+}
+
+
+def config_class(kind: str, settings: dict):
+    """The config dataclass a stage's settings fill (None for the built-in kinds), and its output field."""
+    import importlib
+
+    if kind == "train":
+        method = settings.get("method")
+        if method not in TRAINERS:
+            raise InputError(f"train stage: unknown method '{method}' ({', '.join(TRAINERS)})")
+        module, name, _ = TRAINERS[method]
+        out = "output_dir"
+    elif kind in CONFIGS:
+        module, name, out = CONFIGS[kind]
+    else:
+        return None, None
+    return getattr(importlib.import_module(module), name), out
+
+
+def check_settings(stages: list[dict], run_dir: Path) -> None:
+    """Build every stage's config before the first stage runs: a typo in the last stage fails in a second,
+    not after the stages before it have run for hours."""
+    folders = {st["name"]: run_dir / st["name"] for st in stages}
+    for st in stages:
+        settings = resolve_refs({k: v for k, v in st.items() if k not in ("name", "kind")}, folders)
+        if st["kind"] == "eval":
+            _depth(settings.get("k", 1000))
+        cls, out = config_class(st["kind"], settings)
+        if cls is not None:
+            settings.pop("method", None)
+            _config(cls, settings, **{out: "unused"})
+
+
 def stage_train(s: dict, folder: Path, run_dir: Path) -> dict:
     import importlib
 
-    method = s.pop("method", None)
-    if method not in TRAINERS:
-        raise InputError(f"train stage: unknown method '{method}' ({', '.join(TRAINERS)})")
-    cfg_module, cfg_class, train_module = TRAINERS[method]
-    cls = getattr(importlib.import_module(cfg_module), cfg_class)
+    cls, _ = config_class("train", s)
+    train_module = TRAINERS[s.pop("method")][2]
     return _brief(importlib.import_module(train_module).train(_config(cls, s, output_dir=str(folder))))
 
 
@@ -198,18 +274,27 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
     from irlm.eval import evaluate, write_trec
     from irlm.index import load_retriever
 
-    data, split = s.get("data", "scifact"), s.get("split", "test")
+    data, split, k = s.get("data", "scifact"), s.get("split", "test"), _depth(s.get("k", 1000))
     ds = load_dataset(data)
+    if split not in ds.qrels:
+        raise InputError(f"eval stage: dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
     if s.get("index"):
         system = load_retriever(s["index"], s.get("device"))
     else:
         system = _build(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
-    run = system.search(ds.split_queries(split), s.get("k", 1000))
+    run = system.search(ds.split_queries(split), k)
     folder.mkdir(parents=True, exist_ok=True)
     write_trec(run, folder / "run.trec")
     kind = s.get("retriever", "bm25")
     label = s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
     return {"system": label, "metrics": {ds.name: evaluate(run, ds.qrels[split])}}
+
+
+def _depth(k) -> int:
+    """An eval stage's k: a whole number of at least 1 (k: 0 would score an empty run)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InputError(f"eval stage: k must be a whole number of at least 1, got {k!r}")
+    return k
 
 
 def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
@@ -223,6 +308,12 @@ def _brief(result: dict) -> dict:
     return {k: v for k, v in (result or {}).items() if k != "config"}
 
 
+STAGE_KEYS = {  # the settings each built-in stage reads (see its function above)
+    "data": {"names", "data"},
+    "index": {"retriever", "data", "model", "device"},
+    "eval": {"data", "split", "index", "retriever", "model", "device", "k", "label"},
+    "report": set(),
+}
 STAGES: dict[str, Callable[[dict, Path, Path], dict]] = {
     "data": stage_data, "augment": stage_augment, "prune": stage_prune, "pretrain": stage_pretrain,
     "train": stage_train, "index": stage_index, "eval": stage_eval, "report": stage_report,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,17 @@ from starlette.exceptions import HTTPException
 from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.errors import InputError
 from irlm.index import load_retriever
-from irlm.models.generator.server import bearer_ok, field_path, is_loopback
+from irlm.models.generator.server import (
+    MAX_BODY_BYTES,
+    WRONG_KEY,
+    BodyLimit,
+    KeyGuard,
+    bearer_ok,
+    docs_pages,
+    field_path,
+    is_loopback,
+    read_api_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +198,12 @@ def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY",
                            key=lambda item: item[0])  # fmt: skip
     metrics = Metrics()
 
-    app = FastAPI(title="irlm search", lifespan=closing_lifespan(batcher))
+    api_key = read_api_key(api_key_env)
+    app = FastAPI(title="irlm search", lifespan=closing_lifespan(batcher), **docs_pages(api_key))
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, refuse=lambda m: APIError(413, m))  # as serve-llm
+    app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY))
     add_error_handlers(app)
     add_metrics(app, metrics)
-    api_key = os.environ.get(api_key_env) if api_key_env else None
     router = APIRouter(dependencies=[Depends(key_checker(api_key))])
     add_routes(router, Limits(max_query_chars, max_k, max_texts, max_text_chars), batcher, encoder, metrics)
     app.include_router(router)
@@ -250,7 +261,7 @@ def key_checker(api_key: str | None):
 
     def check(request: Request) -> None:
         if not bearer_ok(request, api_key):
-            raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'")
+            raise APIError(401, WRONG_KEY)
 
     return check
 
@@ -319,7 +330,7 @@ def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: st
     """
     import uvicorn
 
-    if not (api_key_env and os.environ.get(api_key_env)) and not is_loopback(host):
+    if read_api_key(api_key_env) is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
                     api_key_env or "IRLM_API_KEY")  # fmt: skip
     retriever = open_retriever(index, device, data)

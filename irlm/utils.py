@@ -11,27 +11,128 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from irlm.errors import InputError
+
+MARKER = ".irlm.json"  # written into every folder irlm makes: only folders carrying it may be emptied or replaced
+# files only irlm writes, so folders made before the marker existed are still recognised as irlm's own
+LEGACY_SIGNS = (".stage_hash", "irlm_encoder.json", "selfretrieval.json", "irlm_reasoning.json", "trainer_state.json")
+
+
+def made_by_irlm(folder: str | Path) -> bool:
+    """Whether `folder` carries irlm's marker (or an older irlm folder's own files: stage hash, index meta)."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in (MARKER, *LEGACY_SIGNS)):
+        return True
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "kind" in meta  # an index saved before the marker existed
+
+
+def mark_as_irlm(folder: str | Path) -> None:
+    note = {"made_by": "irlm", "note": "irlm made this folder, so a later irlm run may empty or replace it"}
+    (Path(folder) / MARKER).write_text(json.dumps(note) + "\n")
+
+
+def check_replaceable(path: str | Path, flag: str = "output") -> None:
+    """Refuse a path irlm may not overwrite: a non-empty folder without irlm's marker, or one under a file.
+
+    Example:
+        >>> check_replaceable("/tmp/new-index")  # nothing there yet: fine
+    """
+    path = Path(path)
+    if path.is_symlink() and path.is_dir():
+        raise InputError(f"{flag} {path} is a link to a folder; irlm will not replace it, give a plain path")
+    if path.is_dir() and any(path.iterdir()) and not made_by_irlm(path):
+        raise InputError(f"{flag} {path} is a folder irlm did not make (no {MARKER} marker); it is left "
+                         "untouched: give a new or empty folder")  # fmt: skip
+    _check_writable(path, flag)
+
+
+def check_output(path: str | Path, flag: str = "--out", folder: bool = False) -> Path:
+    """Validate an output before any expensive work: a file is not a folder, a folder is irlm's or empty,
+    and the nearest existing parent is a writable folder."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file path")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file; give a folder path")
+    check_replaceable(path, flag)
+    return path
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path} is under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
+def clean_stale_temporaries(path: str | Path) -> None:
+    """Remove temporary siblings of `path` left by killed processes (their pid is in the name and dead)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for sibling in path.parent.iterdir():
+        pid = _temporary_pid(sibling.name, path.name)
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() else sibling.unlink(missing_ok=True)
+
+
+def _temporary_pid(name: str, of: str) -> int | None:
+    """`.NAME.tmp-PID-xxxx` and `.NAME.old-PID` -> PID; anything else -> None."""
+    for kind in ("tmp-", "old-"):
+        rest = name.removeprefix(f".{of}.{kind}")
+        if rest != name and rest.split("-")[0].isdigit():
+            return int(rest.split("-")[0])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
 
-    Works for files and folders: a reader never sees a half-written index.
+    Works for files and folders: a reader never sees a half-written index. A folder written so carries
+    irlm's marker; an existing folder without it is refused before the block runs, never replaced.
     """
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    clean_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if tmp.is_dir():
+            mark_as_irlm(tmp)
+        _replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if path.is_dir() and not tmp.is_dir():
+        raise InputError(f"{path} is a folder; cannot write a file in its place")
+    if path.is_dir():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -81,36 +182,76 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
     """
     import dataclasses
 
-    import yaml
-
-    from irlm.errors import InputError
-
     values = {}
     if path:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise InputError("expected a mapping of settings", str(path))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
             raise InputError(f"override '{item}' is not key=value")
-        values[key.strip()] = yaml.safe_load(raw)
+        values[key.strip()] = _yaml_value(raw, item)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known - {"expected"})  # `expected`: the numbers a recipe should reach
     if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}", str(path) if path else None)
+        raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}{did_you_mean(unknown[0], known)}",
+                         str(path) if path else None)  # fmt: skip
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     return cls(**{k: _as_declared(k, v, types[k], path) for k, v in values.items() if k in known})
 
 
-def _as_declared(key: str, value, declared: str, path):
-    """YAML 1.1 reads `1e-5` (no dot) as a string; a setting declared float or int gets the number."""
-    from irlm.errors import InputError
+def read_yaml(path: str | Path):
+    """Parse a YAML file; a missing file or a syntax error is one line naming the file and line."""
+    import yaml
 
-    kind = declared.removesuffix(" | None")
-    if not isinstance(value, str) or kind not in ("float", "int"):
-        return value
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", str(path))
     try:
-        return float(value) if kind == "float" else int(value)
-    except ValueError:
-        raise InputError(f"setting {key}: expected {kind}, got '{value}'", str(path) if path else None) from None
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"YAML syntax error: {problem}", str(path), mark.line + 1 if mark else None) from None
+
+
+def _yaml_value(raw: str, item: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise InputError(f"override '{item}': the value is not valid YAML") from None
+
+
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean 'x'?' for the nearest known name, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _as_declared(key: str, value, declared: str, path):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; a setting declared float or int gets the number.
+    A value of the wrong type for a plain int, float, str or bool setting is an error naming it."""
+    optional = declared.endswith(" | None")
+    kind = declared.removesuffix(" | None")
+    where = str(path) if path else None
+    if isinstance(value, str) and kind in ("float", "int"):
+        try:
+            return float(value) if kind == "float" else int(value)
+        except ValueError:
+            raise InputError(f"setting {key}: expected {kind}, got '{value}'", where) from None
+    if kind not in SIMPLE_TYPES or (value is None and optional):
+        return value
+    wrong_bool = isinstance(value, bool) and kind != "bool"  # YAML `yes` is not a number
+    if wrong_bool or not isinstance(value, SIMPLE_TYPES[kind]):
+        raise InputError(f"setting {key}: expected {kind}, got {type(value).__name__} {value!r}", where)
+    return value

@@ -20,27 +20,28 @@ log = logging.getLogger(__name__)
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; CRLF endings read as LF."""
-    with open(path, encoding="utf-8-sig", newline=None, errors="strict") as f:
-        for lineno, line in _numbered(f, path):
-            if not line.strip():
-                continue
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path, lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object", path, lineno)
+        yield lineno, obj
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending). Each line is decoded on its own, so a byte that is not
+    UTF-8 is reported on its own line (a text-mode file decodes 8 KB blocks and blames the block's first)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", path, lineno)
-            yield lineno, obj
-
-
-def _numbered(f, path):
-    """enumerate(f, 1), with undecodable bytes reported as a one-line error naming the line."""
-    lineno = 0
-    try:
-        for lineno, line in enumerate(f, start=1):
-            yield lineno, line
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 ({e.reason})", path, lineno + 1) from None
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 ({e.reason} at byte {e.start + 1} of the line)", path, lineno) from None
+            yield lineno, text.rstrip("\r\n")
 
 
 def _field(obj: dict, name: str, path, lineno: int, required: bool = True) -> str:
@@ -53,6 +54,9 @@ def _field(obj: dict, name: str, path, lineno: int, required: bool = True) -> st
         return str(value)  # some BEIR mirrors write numeric ids
     if not isinstance(value, str):
         raise InputError(f"must be a string, got {type(value).__name__}", path, lineno, name)
+    if name == "_id" and (not value or any(c.isspace() for c in value)):
+        # TREC run files and qrels are split on whitespace: such an id could never be read back
+        raise InputError(f"must be non-empty and without whitespace, got {value!r}", path, lineno, name)
     return value
 
 
@@ -87,19 +91,18 @@ def read_queries(path: str | Path) -> Queries:
 def read_qrels(path: str | Path) -> Qrels:
     """Read a qrels TSV (`query-id corpus-id score`, header optional)."""
     qrels: Qrels = {}
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts or (lineno == 1 and parts[0] == "query-id"):
-                continue
-            if len(parts) != 3:
-                raise InputError(f"expected 3 columns (query-id corpus-id score), got {len(parts)}", path, lineno)
-            qid, did, score = parts
-            try:
-                grade = int(float(score))
-            except (ValueError, OverflowError):
-                raise InputError(f"not a number: '{score}'", path, lineno, "score") from None
-            qrels.setdefault(qid, {})[did] = grade
+    for lineno, line in read_lines(path):
+        parts = line.split()
+        if not parts or (lineno == 1 and parts[0] == "query-id"):
+            continue
+        if len(parts) != 3:
+            raise InputError(f"expected 3 columns (query-id corpus-id score), got {len(parts)}", path, lineno)
+        qid, did, score = parts
+        try:
+            grade = int(float(score))
+        except (ValueError, OverflowError):
+            raise InputError(f"not a number: '{score}'", path, lineno, "score") from None
+        qrels.setdefault(qid, {})[did] = grade
     return qrels
 
 

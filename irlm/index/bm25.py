@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import Stemmer  # noqa: E402
 
 from irlm.errors import InputError  # noqa: E402
+from irlm.index.check import damaged, load_array, read_json, read_meta  # noqa: E402
 from irlm.types import Run
 from irlm.utils import atomic_path
 
@@ -75,8 +76,12 @@ class BM25Index:
         if self._bm25 is None:
             if not self.ids:
                 raise InputError("BM25 index is empty: add documents before searching")
+            tokens = self._tokenize(self.texts, progress)
+            if not any(tokens):  # bm25s would fail deep inside with "max() arg is an empty sequence"
+                raise InputError(f"no indexable term in any of the {len(self.ids)} documents "
+                                 "(all empty, or only stopwords)")  # fmt: skip
             self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-            self._bm25.index(self._tokenize(self.texts, progress), show_progress=progress)
+            self._bm25.index(tokens, show_progress=progress)
         return self._bm25
 
     def build(self, progress: bool = True) -> BM25Index:
@@ -112,11 +117,51 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: str | Path) -> BM25Index:
+        """Open a saved index, checking texts.jsonl and bm25s' arrays against meta.json's count."""
         folder = Path(folder)
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_meta(folder, "bm25", ("k1", "b", "method", "language", "stopwords"))
         index = cls(meta["k1"], meta["b"], meta["method"], meta["language"], meta["stopwords"])
-        with open(folder / "texts.jsonl", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
+        rows = read_texts(folder)
+        if "count" in meta and len(rows) != meta["count"]:
+            raise damaged(folder, "texts.jsonl", f"{len(rows)} documents, but meta.json counts {meta['count']}")
         index.ids, index.texts = [r["_id"] for r in rows], [r["text"] for r in rows]
-        index._bm25 = bm25s.BM25.load(folder / "bm25s", load_corpus=False)
+        index._bm25 = load_bm25s(folder, len(rows))
         return index
+
+
+def read_texts(folder: Path) -> list[dict]:
+    path = folder / "texts.jsonl"
+    if not path.is_file():
+        raise damaged(folder, "texts.jsonl", "missing")
+    rows = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                rows.append(text_row(folder, n, line))
+        except UnicodeDecodeError as e:
+            raise damaged(folder, f"texts.jsonl:{len(rows) + 1}", f"not UTF-8 ({e.reason})") from None
+    return rows
+
+
+def text_row(folder: Path, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise damaged(folder, f"texts.jsonl:{n}", "not valid JSON") from None
+    if not isinstance(row, dict) or not isinstance(row.get("_id"), str) or not isinstance(row.get("text"), str):
+        raise damaged(folder, f"texts.jsonl:{n}", 'expected {"_id": str, "text": str}')
+    return row
+
+
+def load_bm25s(folder: Path, count: int):
+    """bm25s' own arrays; their document count must match texts.jsonl, or a search indexes past its end."""
+    params = read_json(folder, "bm25s/params.index.json")
+    if not isinstance(params, dict) or params.get("num_docs", count) != count:
+        got = params.get("num_docs") if isinstance(params, dict) else params
+        raise damaged(folder, "bm25s/params.index.json", f"num_docs {got}, but texts.jsonl has {count}")
+    for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"):
+        load_array(folder, f"bm25s/{name}", (None,))
+    try:
+        return bm25s.BM25.load(folder / "bm25s", load_corpus=False)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise damaged(folder, "bm25s", str(e).splitlines()[0] if str(e) else type(e).__name__) from None

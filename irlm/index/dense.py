@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from irlm.errors import InputError
+from irlm.index.check import check_ids, damaged, digest, load_array, read_json, read_meta
 from irlm.types import Run
 from irlm.utils import atomic_path
 
@@ -145,27 +146,50 @@ class DenseIndex:
             tmp.mkdir()
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
             (tmp / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False))
+            extra = {}
             if self.backend == "hnsw":  # an HNSW graph is slow to rebuild: keep it
                 import faiss
 
-                np.save(tmp / "faiss.npy", faiss.serialize_index(self._faiss_index()), allow_pickle=False)
+                graph = faiss.serialize_index(self._faiss_index())
+                np.save(tmp / "faiss.npy", graph, allow_pickle=False)
+                extra["faiss_sha256"] = digest(graph)
             meta = {"kind": "dense", "dim": self.dim, "backend": self.backend, "hnsw_m": self.hnsw_m,
-                    "ef_search": self.ef_search, "chunk": self.chunk, "count": len(self.ids), **self.meta}  # fmt: skip
+                    "ef_search": self.ef_search, "chunk": self.chunk, "count": len(self.ids), **extra,
+                    **self.meta}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path) -> DenseIndex:
+        """Open a saved index, checking every file against meta.json (count, dimension, graph checksum)."""
         folder = Path(folder)
-        meta = json.loads((folder / "meta.json").read_text())
-        own = {"kind", "dim", "backend", "hnsw_m", "ef_search", "chunk", "count"}
-        index = cls(meta["dim"], meta["backend"], meta.get("chunk", 65536), meta["hnsw_m"], meta["ef_search"],
-                    meta={k: v for k, v in meta.items() if k not in own})  # fmt: skip
-        index.ids = json.loads((folder / "ids.json").read_text())
-        index.vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        meta = read_meta(folder, "dense", ("dim", "backend", "count"))
+        own = {"kind", "dim", "backend", "hnsw_m", "ef_search", "chunk", "count", "faiss_sha256"}
+        index = cls(meta["dim"], meta["backend"], meta.get("chunk", 65536), meta.get("hnsw_m", 32),
+                    meta.get("ef_search", 128), meta={k: v for k, v in meta.items() if k not in own})  # fmt: skip
+        index.ids = check_ids(folder, "ids.json", read_json(folder, "ids.json"), meta["count"])
+        index.vectors = load_array(folder, "vectors.npy", (meta["count"], meta["dim"]), np.float32)
         index._pos = {doc_id: n for n, doc_id in enumerate(index.ids)}
+        if len(index._pos) != len(index.ids):
+            raise damaged(folder, "ids.json", "an id appears twice")
         if (folder / "faiss.npy").is_file():
-            import faiss
-
-            index._faiss = faiss.deserialize_index(np.load(folder / "faiss.npy", allow_pickle=False))
-            index._faiss.hnsw.efSearch = index.ef_search
+            index._faiss = load_graph(folder, meta)
         return index
+
+
+def load_graph(folder: Path, meta: dict):
+    """The saved HNSW graph, deserialised only once its bytes match the checksum written beside it."""
+    import faiss
+
+    graph = load_array(folder, "faiss.npy", (None,), np.uint8)
+    if meta.get("faiss_sha256") not in (None, digest(graph)):
+        raise damaged(folder, "faiss.npy", "checksum differs from meta.json's (truncated or altered)")
+    try:
+        index = faiss.deserialize_index(graph)
+    except RuntimeError as e:
+        raise damaged(folder, "faiss.npy", f"not a FAISS index ({str(e).splitlines()[0]})") from None
+    if index.ntotal != meta["count"] or index.d != meta["dim"]:
+        raise damaged(folder, "faiss.npy", f"{index.ntotal} vectors of dim {index.d}; meta.json says "
+                                           f"{meta['count']} of dim {meta['dim']}")  # fmt: skip
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = meta.get("ef_search", 128)
+    return index

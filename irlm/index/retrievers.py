@@ -9,6 +9,7 @@ from pathlib import Path
 from irlm.errors import InputError
 from irlm.index import fusion
 from irlm.index.bm25 import BM25Index
+from irlm.index.check import read_json, read_meta
 from irlm.index.dense import DenseIndex
 from irlm.types import Corpus, Queries, Run
 from irlm.utils import atomic_path
@@ -100,7 +101,7 @@ class HybridRetriever:
 
     @classmethod
     def load(cls, folder, device: str | None = None, **_) -> HybridRetriever:
-        meta = json.loads((Path(folder) / "meta.json").read_text())
+        meta = read_meta(Path(folder), "hybrid", ("method", "weights", "depth", "parts"))
         parts = [load_retriever(Path(folder) / f"part{n}", device) for n in range(meta["parts"])]
         return cls(parts, meta["method"], meta["weights"], meta["depth"])
 
@@ -113,7 +114,8 @@ def load_retriever(folder, device: str | None = None):
     meta_path = Path(folder) / "meta.json"
     if not meta_path.is_file():
         raise InputError("not an irlm index folder (no meta.json)", str(folder))
-    kind = json.loads(meta_path.read_text()).get("kind")
+    meta = read_json(Path(folder), "meta.json")
+    kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind not in KINDS:
         raise InputError(f"unknown index kind '{kind}'", str(meta_path), field="kind")
     return KINDS[kind].load(folder, device=device)

@@ -21,6 +21,7 @@ several under gradient caching, so DDP's hook-based sync is not used).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -45,6 +46,7 @@ class TrainConfig:
     max_steps: int = 100
     lr: float = 5e-5  # METHODS.md §0: 5e-5 (not 2e-5) got SmolLM2 off the ground on scifact
     warmup_ratio: float = 0.03  # LREM cold start uses 3 % warm-up
+    schedule: str = "linear"  # decay after warm-up: linear, or cosine (LREM's cold start); SCHEDULES
     weight_decay: float = 0.0
     batch_size: int = 32  # examples per optimizer step, summed over processes
     grad_accum: int = 1  # micro-batches per step on each process
@@ -86,9 +88,20 @@ def step_examples(examples: list, step: int, batch_size: int, seed: int) -> list
     out = []
     for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, i = divmod(pos, n)
-        perm = _permutation(n, seed + epoch)
+        perm = _permutation(n, epoch_seed(seed, epoch))
         out.append(examples[perm[i]])
     return out
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The permutation seed of one epoch, hashed from (seed, epoch): with seed + epoch, seed 43's first
+    epoch was seed 42's second, so runs with neighbouring seeds were not independent.
+
+    Example:
+        >>> epoch_seed(43, 0) == epoch_seed(42, 1)
+        False
+    """
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 _perm_cache: dict[tuple[int, int], list[int]] = {}
@@ -119,6 +132,20 @@ def linear_warmup(total: int, warmup_ratio: float):
     return lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
 
 
+def cosine_warmup(total: int, warmup_ratio: float):
+    """Linear warm-up, then half a cosine from the full rate to 0 at `total` (LREM: lr 1e-5 cosine, 3 % warm-up)."""
+    warm = max(1, int(total * warmup_ratio))
+
+    def factor(s: int) -> float:
+        progress = min(1.0, max(0.0, (s - warm) / max(1, total - warm)))
+        return min((s + 1) / warm, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+SCHEDULES = {"linear": linear_warmup, "cosine": cosine_warmup}
+
+
 def autocast(device_type: str, precision: str):
     """The training precision as a context: bf16 autocast (fp32 master weights) or plain fp32. Work done
     outside the trainer (evaluation, an index built before training) uses it to embed as training does."""
@@ -137,7 +164,9 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        warm = linear_warmup(config.max_steps, config.warmup_ratio)
+        if config.schedule not in SCHEDULES:
+            raise InputError(f"must be one of {', '.join(SCHEDULES)}, not '{config.schedule}'", field="schedule")
+        warm = SCHEDULES[config.schedule](config.max_steps, config.warmup_ratio)
         schedules = [warm if g.get("schedule", True) else _constant for g in groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.step = 0
@@ -185,8 +214,12 @@ class Trainer:
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.world
-        for p, g in zip(self.params, flat.split([g.numel() for g in grads])):
-            p.grad = g.view_as(p).clone()
+        # a parameter no process gave a gradient keeps none, as with one process: AdamW then leaves it
+        # alone, where a zero gradient would still move it by its momentum (pruning's frozen gates)
+        used = torch.tensor([float(p.grad is not None) for p in self.params], device=flat.device)
+        dist.all_reduce(used)
+        for p, g, n in zip(self.params, flat.split([g.numel() for g in grads]), used.tolist()):
+            p.grad = g.view_as(p).clone() if n else None
 
     # ---- the loop ---------------------------------------------------------------------------
     def fit(self) -> list[dict]:

@@ -32,22 +32,83 @@ def blocks(n=64, length=16):
     return [[rng.randrange(100) for _ in range(length)] for _ in range(n)]
 
 
-def test_expected_sizes_converge_to_the_targets(tmp_path):
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """200 steps on the tiny Llama (the last 40 hardening), the soft model's loss on every block just before
+    hardening, and the export written by the task's own save."""
+    out = tmp_path_factory.mktemp("pruned")
     task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1)
-    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=200, batch_size=8, precision="fp32", save_every=0,
+    cfg = TrainConfig(output_dir=str(out), max_steps=200, batch_size=8, precision="fp32", save_every=0,
                       warmup_ratio=0.0)  # fmt: skip
     trainer = Trainer(task, blocks(), cfg)
-    first = trainer.train_step()
-    for _ in range(199):
-        last = trainer.train_step()
+    history = [trainer.train_step() for _ in range(160)]
+    soft = task.lm_loss(torch.tensor(blocks()), fade=0.0)
+    history += [trainer.train_step() for _ in range(40)]
+    task.save(out / "final")
+    return {"task": task, "history": history, "soft": soft, "folder": out / "final"}
+
+
+def test_expected_sizes_converge_to_the_targets(pruned):
+    first, last = pruned["history"][0], pruned["history"][-1]
     assert all(first[f"keep_{k}"] > 0.9 for k in ("layers", "heads", "hidden", "intermediate"))
     for k in ("layers", "heads", "hidden", "intermediate"):
         assert abs(last[f"keep_{k}"] - 0.5) < 0.03, (k, last)
+    assert 0.0 < last["keep_params"] < 1.0  # logged; constrained only when asked (constrain_params)
+
+
+def test_pruning_exports_what_it_trained(pruned):
+    """The export's LM loss is within 0.05 nats of the soft-gated model's before hardening, and equals the
+    masked model's at the end of training (the gates outside the target have faded to exactly 0)."""
+    task, ids = pruned["task"], torch.tensor(blocks())
+    small = AutoModelForCausalLM.from_pretrained(pruned["folder"]).eval()
+    with torch.no_grad():
+        exported = task.loss_fn(small(input_ids=ids).logits, ids).item()
+    assert exported - pruned["soft"] <= 0.05, (exported, pruned["soft"])
+    assert exported == pytest.approx(task.lm_loss(ids, fade=1.0), abs=1e-4)
+    report = json.loads((pruned["folder"] / "prune_report.json").read_text())
+    assert set(report) == {"lm_soft", "lm_masked", "lm_export", "export_gap"}
+    assert report["lm_export"] == pytest.approx(report["lm_masked"], abs=1e-4)
+    assert [row["fade"] for row in pruned["history"][-2:]] == [pytest.approx(39 / 40), 1.0]
+
+
+@pytest.mark.parametrize("kind, tie", [("llama", True), ("llama", False), ("qwen2", False)])
+def test_export_folds_the_kept_gate_values(tmp_path, kind, tie):
+    """Kept gates strictly between 0 and 1, dropped ones 0: the export, with the gates folded into its
+    weights, computes what the masked model does (the tied head through the final norm)."""
+    model = tiny(kind, tie).eval()
+    masks = StructuredMasks(model)
+    with torch.no_grad():
+        for gate in masks.gates.values():
+            gate.log_alpha.normal_()
+    target = Shape(layers=3, hidden=20, kv_heads=1, intermediate=24)
+    keep = masks.keep_masks(target)
+    values = {k: 0.2 + 0.8 * torch.rand(v.shape) for k, v in keep.items()}  # (0.2, 1)
+    masks.fixed = {k: (values[k] * keep[k]).flatten() for k in keep}
+    masks.sample()
+    ids = torch.randint(0, 100, (3, 12))
+    with torch.no_grad():
+        masked = model(input_ids=ids).logits
+    small = export_pruned(model, masks.selection(target), target, tmp_path / "small", gates=values)
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=ids).logits, masked, atol=2e-5, rtol=1e-5)
+
+
+def test_the_parameter_count_is_constrained_when_asked():
+    task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1, constrain_params=True)
+    assert task.final_goal["params"] == pytest.approx(0.125) and "params_1" in task.lambdas
+    assert "params" not in PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1).final_goal
+
+
+def test_expected_params_multiply_the_kept_fractions():
+    masks = StructuredMasks(tiny("llama"), init_keep=0.5)
+    expected = masks.expected()
+    assert expected["params"].item() == pytest.approx(0.125, rel=1e-5)  # layers x hidden x (heads or intermediate)
+    assert masks.params_of(TARGET) / masks.params_of(masks.full) == pytest.approx(0.125)
 
 
 def test_mask_parameters_receive_gradients():
     task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1)
-    task.on_step(10, 10)  # targets at their final values, so the penalty has a gradient too
+    task.on_step(5, 10)  # targets at their final values (before hardening), so the penalty has a gradient too
     task.step(blocks(4))
     for name, p in task.named_parameters():
         if name.startswith(("masks.", "lambdas.")):
@@ -62,11 +123,11 @@ def test_exported_model_equals_the_masked_model(tmp_path, kind, tie):
         for gate in masks.gates.values():
             gate.log_alpha.normal_()  # an arbitrary, non-trivial selection
     target = Shape(layers=3, hidden=20, kv_heads=1, intermediate=24)
-    masks.fix(target)
+    sel = masks.fix(target)
     ids = torch.randint(0, 100, (3, 12))
     with torch.no_grad():
         masked = model(input_ids=ids).logits
-    export_pruned(model, masks, target, tmp_path / "small")
+    export_pruned(model, sel, target, tmp_path / "small")
     small = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
     with torch.no_grad():
         exported = small(input_ids=ids).logits
@@ -80,7 +141,7 @@ def test_exported_model_equals_the_masked_model(tmp_path, kind, tie):
 def test_export_loads_without_irlm(tmp_path):
     model = tiny("llama")
     masks = StructuredMasks(model)
-    export_pruned(model, masks, TARGET, tmp_path / "small")
+    export_pruned(model, masks.selection(TARGET), TARGET, tmp_path / "small")
     code = ("import sys; sys.modules['irlm'] = None\n"  # any import of irlm would now fail
             "from transformers import AutoModelForCausalLM\n"
             f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'small')!r})\n"

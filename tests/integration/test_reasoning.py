@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,8 +142,16 @@ def test_environment_encodes_in_the_training_precision(emb, toy_beir, precision)
 
 def test_reasoning_length_counts_what_was_written_not_what_was_kept():
     assert tasks.reasoning_length([5, 6, 7, 99, 100], end=99) == 3
-    assert tasks.reasoning_length([5] * 18, end=99) == 19  # never closed: over any budget it was cut to
+    assert tasks.reasoning_length([5] * 18, end=99) is None  # never closed: ran past its budget
     assert tasks.reasoning_length([99, 100], end=99) == 0
+
+
+def test_a_thought_stopped_at_end_of_text_earns_no_length_reward(emb):
+    """Two tokens then end-of-text: short, but never closed with </think>, so neither format nor length pays."""
+    eos = emb.tokenizer.eos_token_id
+    raw = [7, 8, eos]
+    text = tasks.R.THINK_OPEN + emb.tokenizer.decode(raw)
+    assert tasks.lrem_rewards([text], [tasks.reasoning_length(raw, emb.end)], [1], 8) == [pytest.approx(1.0)]
 
 
 def test_rewards_presets():
@@ -237,3 +249,126 @@ def test_ablation_filler_gives_test_queries_the_training_form():
     assert ablation_filler("random", rows, seed=3)("t1", "x") == ", ".join(words)  # fixed per query id
     with pytest.raises(InputError, match="eval_reasoning source"):
         ablation_filler("teacher", rows)
+
+
+# ---- GRPO goes the right way: a fixed group of thoughts per query, rewards chosen by the test
+
+
+def _fixed_group(emb, n_queries: int, group: int):
+    """Query-major (thought, raw) samples: sample k of every group repeats its own token and closes properly."""
+    return [([100 + k] * 3, [100 + k] * 3 + [emb.end, emb.emb]) for _ in range(n_queries) for k in range(group)]
+
+
+def _action_logprobs(emb, query: str, samples) -> torch.Tensor:
+    """Summed log-probability of each sample's actions (its thought and </think><emb>) under the model now."""
+    rows, starts = zip(*(emb.query_ids(query, thought) for thought, _ in samples))
+    with torch.no_grad():
+        _, hidden, ids, _ = emb.forward(list(rows), hidden=True)
+        logp, mask = tasks.GRPOTask._token_logprobs(emb, hidden, ids, list(starts), list(rows), [r for _, r in samples])
+    return (logp * mask).sum(-1)
+
+
+def test_one_grpo_step_raises_the_better_samples_probability(emb, monkeypatch):
+    """Sample 0 of the group earns reward 1, the others 0: one small step up the policy gradient must make
+    sample 0 likelier against the rest of its group (a flipped advantage does the opposite). The claim is
+    relative: on this sharp random model every sample's gradient shares a large common part."""
+    G, query = 4, EXAMPLES[:1]
+    samples = _fixed_group(emb, 1, G)
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **kw: samples)
+    task = tasks.GRPOTask(emb, preset="lrem", group=G, gamma_nce=0.0)
+    task.reward_fn = lambda texts, lengths, ranks, n: [1.0, 0.0, 0.0, 0.0]
+    before = _action_logprobs(emb, query[0]["query"], samples)
+    emb.model.zero_grad(set_to_none=True)
+    task.step(query, seed=0)
+    with torch.no_grad():
+        for p in emb.model.parameters():
+            if p.grad is not None:
+                p -= 1e-4 * p.grad
+    change = _action_logprobs(emb, query[0]["query"], samples) - before
+    assert change[0] > change[1:].mean() + 0.1, change
+
+
+def test_rewards_are_normalised_within_each_querys_group(emb, monkeypatch):
+    """Query 0's best sample is its first, query 1's its last: each is the only one above its own group's mean."""
+    G = 4
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **kw: _fixed_group(emb, len(queries), G))
+    seen = []
+    real_loss = tasks.grpo_loss
+    monkeypatch.setattr(tasks, "grpo_loss", lambda lp, old, adv, mask, **kw: seen.append(adv) or real_loss(
+        lp, old, adv, mask, **kw))  # fmt: skip
+    task = tasks.GRPOTask(emb, preset="lrem", group=G, gamma_nce=0.0)
+    task.reward_fn = lambda texts, lengths, ranks, n: [1.0, 0, 0, 0, 0, 0, 0, 1.0]
+    task.step(EXAMPLES, seed=0)
+    high, low = 3 / math.sqrt(3), -1 / math.sqrt(3)  # (1 - 1/4) / sqrt(3/16) and (0 - 1/4) / sqrt(3/16)
+    want = torch.tensor([high, low, low, low, low, low, low, high])
+    assert torch.allclose(seen[0], want, atol=1e-4), seen[0]
+
+
+def test_grpo_logprobs_are_those_of_the_sampling_distribution(emb, monkeypatch):
+    """Samples drawn at temperature 2 are actions of softmax(logits / 2): the policy loss must score them so."""
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **kw: _fixed_group(emb, len(queries), 2))
+    seen = []
+    real_loss = tasks.grpo_loss
+    monkeypatch.setattr(tasks, "grpo_loss", lambda lp, old, adv, mask, **kw: seen.append((lp, mask)) or real_loss(
+        lp, old, adv, mask, **kw))  # fmt: skip
+    tasks.GRPOTask(emb, preset="lrem", group=2, sample_temperature=2.0).step(EXAMPLES, seed=0)
+    thought, _ = _fixed_group(emb, 1, 2)[0]
+    row, start = emb.query_ids(EXAMPLES[0]["query"], thought)
+    with torch.no_grad():
+        logits = emb.model(input_ids=torch.tensor([row])).logits[0].float()
+    full = torch.log_softmax(logits / 2.0, -1)
+    want = torch.stack([full[t - 1, row[t]] for t in range(start, len(row))])
+    lp, mask = seen[0]
+    assert torch.allclose(lp[0][mask[0].bool()], want, atol=1e-5)
+
+
+def test_grpo_sampling_leaves_the_global_rng_alone(emb):
+    """Sampling draws from its own seeded generator: the global state (dropout, the next micro-batch) is as
+    before, the same seed and queries sample the same, and micro-batches of one step seed differently."""
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    task = tasks.GRPOTask(emb, preset="lrem", group=2)
+    first = task._sample([ex["query"] for ex in EXAMPLES], seed=5)
+    task.step(EXAMPLES, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert task._sample([ex["query"] for ex in EXAMPLES], seed=5) == first
+    assert tasks.sample_seed(5, ["a", "b"]) != tasks.sample_seed(5, ["c", "d"])
+    assert tasks.sample_seed(5, ["a", "b"]) != tasks.sample_seed(6, ["a", "b"])
+
+
+def test_reasoning_trains_on_a_cosine_schedule():
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train_config
+
+    assert train_config(ReasoningConfig()).schedule == "cosine"  # LREM: lr 1e-5 cosine
+
+
+def test_a_torn_last_line_of_the_reasoning_file_is_redone(lm_dir, toy_beir, tmp_path):
+    """A kill mid-write leaves half a row: the resumed data stage drops it and reasons about its query again."""
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train
+
+    path = tmp_path / "r.jsonl"
+    common = {"data": str(toy_beir), "train_split": "test", "teacher": str(lm_dir), "reasoning_file": str(path),
+              "device": "cpu"}  # fmt: skip
+    train(ReasoningConfig(stage="data", max_queries=2, **common))
+    whole = path.read_text()
+    path.write_text(whole[: len(whole) - 20])  # the second row loses its end and its newline
+    made = train(ReasoningConfig(stage="data", **common))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert made["this_run"] == 2 and sorted(r["query_id"] for r in rows) == ["q1", "q2", "q3"]
+
+
+def test_reasoning_infonce_sees_every_processs_documents(tmp_path):
+    """Two processes, two queries each: each query's denominator holds all four documents, as in one process."""
+    from conftest import torchrun
+
+    script = Path(__file__).parents[1] / "scripts" / "reasoning_nce.py"
+    sys.path.insert(0, str(script.parent))
+    from reasoning_nce import batch
+
+    torchrun([script, tmp_path / "two.json"], {**os.environ, "OMP_NUM_THREADS": "1"})
+    q, d = batch()
+    logits = q @ d.T / 0.1  # (4, 4): every query against every document
+    want = [torch.nn.functional.cross_entropy(logits[i : i + 2], torch.arange(i, i + 2)).item() for i in (0, 2)]
+    assert json.loads((tmp_path / "two.json").read_text()) == pytest.approx(want, rel=1e-5)

@@ -184,3 +184,14 @@ def test_memorised_titles_are_retrieved(lm_dir, beir, tmp_path):
     assert res["metrics"]["hits@1"] == 1.0
     sr = SelfRetriever.load(tmp_path / "m" / "final", load_dataset(str(beir)).corpus)
     assert next(iter(sr.search({"q": QUERIES[1]["text"]}, k=1)["q"])) == "p1"
+
+
+def test_tau_scales_retrieval_and_delta_the_assessment():
+    """Distinct temperatures, so a swap between them shows: tau divides the retrieval probabilities, delta
+    the acceptance probabilities."""
+    logp, reject = [math.log(0.6), math.log(0.3), math.log(0.1)], [0.8, 0.2, 0.5]
+    got = decode.combine(logp, reject, tau=0.1, delta=0.9)
+    a = torch.softmax(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64) / 0.1, 0)
+    b = torch.softmax(torch.tensor([0.2, 0.8, 0.5], dtype=torch.float64) / 0.9, 0)
+    assert got == pytest.approx((a * b).tolist(), abs=1e-9)
+    assert decode.combine(logp, reject, 0.1, 0.9) == got  # positional order is (tau, delta)

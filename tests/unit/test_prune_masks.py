@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from irlm.methods.drama.prune import HardConcrete, Shape, lagrangian, make_lambdas, targets
@@ -58,3 +59,14 @@ def test_targets_are_fractions():
     t = targets(Shape(30, 576, 3, 1536), Shape(20, 384, 2, 1024))
     assert {k: round(v, 3) for k, v in t.items()} == {"layers": 0.667, "heads": 0.667, "hidden": 0.667,
                                                       "intermediate": 0.667}  # fmt: skip
+
+
+def test_eval_gate_away_from_saturation():
+    """In eval the gate is the stretched sigmoid of log_alpha itself (no 1/beta): checked where it is strictly
+    between 0 and 1, where a wrong formula cannot hide behind the clamp."""
+    gate = HardConcrete(3).eval()
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-1.0, 0.5, 1.5]))
+    want = [1.2 / (1 + math.exp(-a)) - 0.1 for a in (-1.0, 0.5, 1.5)]  # sigmoid * (1.1 - -0.1) + -0.1
+    assert all(0 < w < 1 for w in want)
+    assert gate().tolist() == pytest.approx(want, abs=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from irlm.errors import InputError
 from irlm.eval.runs import read_trec, write_trec
-from irlm.utils import atomic_path, write_json
+from irlm.utils import MARKER, atomic_path, write_json
 
 RUN = {"q1": {"d1": 1.5, "d2": 2.25, "d3": -0.125}, "q2": {"x": 0.000001}}
 
@@ -82,19 +82,21 @@ def test_atomic_path_new_file_failure_creates_nothing(tmp_path):
 
 def test_atomic_path_folder_replace_and_failure(tmp_path):
     target = tmp_path / "index"
-    target.mkdir()
-    (target / "a.npy").write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.npy").write_text("old")
+    assert sorted(os.listdir(target)) == [MARKER, "a.npy"]  # irlm's own folder, so it may replace it later
     with atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / "b.npy").write_text("new")
-    assert os.listdir(target) == ["b.npy"]
+    assert sorted(os.listdir(target)) == [MARKER, "b.npy"]
     assert os.listdir(tmp_path) == ["index"]
     with pytest.raises(RuntimeError):
         with atomic_path(target) as tmp:
             tmp.mkdir()
             (tmp / "c.npy").write_text("half")
             raise RuntimeError("boom")
-    assert os.listdir(target) == ["b.npy"]
+    assert sorted(os.listdir(target)) == [MARKER, "b.npy"]
     assert os.listdir(tmp_path) == ["index"]
 
 

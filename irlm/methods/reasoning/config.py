@@ -46,6 +46,7 @@ class ReasoningConfig:
     steps: int = 50
     batch_size: int = 16
     lr: float = 1e-5
+    schedule: str = "cosine"  # LREM cold start: lr 1e-5 cosine, warm-up 3 % (irlm/train/loop.py SCHEDULES)
     precision: str = "bf16"
     save_every: int = 25
     seed: int = 42

@@ -87,16 +87,17 @@ class ReasoningEmbedder:
         emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
         return emb, (last if hidden else None), ids, mask
 
-    def span_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]]):
+    def span_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]],
+                      temperature: float = 1.0):  # fmt: skip
         """Per row, log p(ids[r, t] | ids[r, :t]) for t in [s, e) (fp32; empty where s < 1 or e <= s),
-        with the LM head run only at the positions s-1 .. e-2 that predict them."""
+        with the LM head run only at the positions s-1 .. e-2 that predict them; logits / temperature."""
         head = self.model.get_output_embeddings()
         out = []
         for r, (s, e) in enumerate(spans):
             if s < 1 or e <= s:
                 out.append(torch.zeros(0, device=hidden.device))
                 continue
-            logp = torch.log_softmax(head(hidden[r, s - 1 : e - 1]).float(), dim=-1)
+            logp = torch.log_softmax(head(hidden[r, s - 1 : e - 1]).float() / temperature, dim=-1)
             out.append(logp.gather(-1, ids[r, s:e, None]).squeeze(-1))
         return out
 

@@ -12,18 +12,20 @@ GRPO step is written on the shared loop instead.
 from __future__ import annotations
 
 import os
+import random
 
 import torch
-import torch.nn.functional as F
 
+from irlm.losses.contrastive import info_nce_from_embeddings
 from irlm.losses.grpo import group_advantages, grpo_loss
 from irlm.methods.reasoning import rewards as R
 from irlm.methods.reasoning.model import ReasoningEmbedder
 
 
 def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Query i's positive is document i; every other document in the batch is a negative."""
-    return F.cross_entropy(q @ d.T / temperature, torch.arange(len(q), device=q.device))
+    """Query i's positive is document i; every other document of the global batch is a negative: the
+    documents of every process are gathered (METHODS.md §0), as the shared contrastive loss does."""
+    return info_nce_from_embeddings(q, d, temperature)
 
 
 def reasoning_sft(logps: list[torch.Tensor]) -> torch.Tensor:
@@ -61,17 +63,28 @@ class ColdStartTask:
         self.emb.save(folder)
 
 
-def reasoning_length(raw: list[int], end: int) -> int:
-    """Tokens the sample reasoned for before </think>; one that never closed ran past its budget, so it
-    counts every generated token plus one (the thought kept for the embedding is cut, the length is not)."""
-    return raw.index(end) if end in raw else len(raw) + 1
+def reasoning_length(raw: list[int], end: int) -> int | None:
+    """Tokens the sample reasoned for before </think>; None when it never closed its thought, whether it ran
+    past its budget or stopped at end-of-text: either way it did not keep to the budgeted format."""
+    return raw.index(end) if end in raw else None
 
 
-def lrem_rewards(texts: list[str], lengths: list[int], ranks: list[int], n_docs: int) -> list[float]:
+def length_part(n_tokens: int | None) -> float:
+    """LREM's length(<= 16) term; a thought that was never closed earns nothing, however short."""
+    return 0.0 if n_tokens is None else R.length_reward(n_tokens)
+
+
+def lrem_rewards(texts: list[str], lengths: list[int | None], ranks: list[int], n_docs: int) -> list[float]:
     """0.5 format + 0.2 length(<= 16) + 1.0 rank accuracy (LREM)."""
     w = R.PRESETS["lrem"]
-    return [R.combine({"format": R.format_reward(t), "length": R.length_reward(n), "accuracy":
+    return [R.combine({"format": R.format_reward(t), "length": length_part(n), "accuracy":
                        R.rank_accuracy(r, n_docs)}, w) for t, n, r in zip(texts, lengths, ranks)]  # fmt: skip
+
+
+def sample_seed(seed: int, queries: list[str]) -> int:
+    """The sampling seed of one micro-batch: a function of the step's seed and the micro-batch's own queries,
+    so the micro-batches of one step draw different noise and a rerun draws the same."""
+    return random.Random(f"{seed}:" + "\x1f".join(queries)).getrandbits(63)
 
 
 def searchr3_rewards(texts: list[str], lengths: list[int], ranks: list[int], n_docs: int) -> list[float]:
@@ -104,9 +117,8 @@ class GRPOTask:
         return self.emb.model.named_parameters()
 
     def step(self, examples: list[dict], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
-        torch.manual_seed(seed)
         emb, G = self.emb, self.group
-        samples = emb.sample([ex["query"] for ex in examples], G, temperature=self.sample_temperature)
+        samples = self._sample([ex["query"] for ex in examples], seed)
         rows, starts = [], []
         for i, ex in enumerate(examples):
             for thought, _ in samples[i * G : (i + 1) * G]:
@@ -123,7 +135,7 @@ class GRPOTask:
             q, hidden, ids, _ = emb.forward(rows, hidden=True)
             docs = emb.forward(doc_rows)[0]
             reward, adv = self._rewards(q.detach(), docs.detach(), examples, samples)
-            logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, raws)
+            logp, mask = self._token_logprobs(emb, hidden, ids, starts, rows, raws, self.sample_temperature)
             policy, parts = grpo_loss(logp, logp.detach(), adv, mask, clip=self.clip)
             nce = info_nce(q.view(len(examples), G, -1)[:, 0], docs, self.temperature)  # one sample per query
             ((self.gamma_grpo * policy + self.gamma_nce * nce) * scale).backward()
@@ -132,6 +144,13 @@ class GRPOTask:
         extra = {"reencoded": float(self.env.encoded - encoded_before)} if self.env is not None else {}
         return {**extra, "grpo": policy, "infonce": nce, "reward_mean": reward.mean().item(),
                 "reward_max": reward.max().item(), "clip_fraction": clipped}  # fmt: skip
+
+    def _sample(self, queries: list[str], seed: int) -> list:
+        """G samples per query from a forked RNG: the global state (dropout, other tasks) is left untouched."""
+        devices = [self.emb.device] if self.emb.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sample_seed(seed, queries))
+            return self.emb.sample(queries, self.group, temperature=self.sample_temperature)
 
     def _rewards(self, q: torch.Tensor, docs: torch.Tensor, examples: list[dict], samples) -> tuple:
         """Each sample's reward and its group-normalised advantage, from detached embeddings."""
@@ -159,7 +178,8 @@ class GRPOTask:
         for i in range(0, len(rows), c):
             part = slice(i, min(i + c, len(rows)))
             qc, hidden, ids, _ = emb.forward(rows[part], hidden=True)
-            logp, mask = self._token_logprobs(emb, hidden, ids, starts[part], rows[part], raws[part])
+            logp, mask = self._token_logprobs(emb, hidden, ids, starts[part], rows[part], raws[part],
+                                             self.sample_temperature)  # fmt: skip
             policy, parts = grpo_loss(logp, logp.detach(), adv[part], mask, clip=self.clip)
             share = len(qc) / len(rows)  # the loss averages over sequences, so chunk means add up by share
             at = torch.arange(part.start, part.stop, device=qc.device)
@@ -185,8 +205,10 @@ class GRPOTask:
         return (1 + (scores > own[:, None]).sum(-1)).tolist()
 
     @staticmethod
-    def _token_logprobs(emb, hidden, ids, starts: list[int], rows: list[list[int]], raws: list[list[int]]):
-        """Log-probabilities of the policy's actions: the tokens of each row the model sampled itself.
+    def _token_logprobs(emb, hidden, ids, starts: list[int], rows: list[list[int]], raws: list[list[int]],
+                        temperature: float = 1.0):  # fmt: skip
+        """Log-probabilities of the policy's actions: the tokens of each row the model sampled itself, under
+        the distribution they were drawn from (logits / sampling temperature, as TRL's GRPO does).
         A row rebuilt from a thought cut to the budget ends with a </think><emb> the model never wrote;
         those are not actions, or a poor sample would be pushed away from closing properly."""
         # commonprefix compares any sequences element-wise, token lists included
@@ -194,7 +216,7 @@ class GRPOTask:
         width = max(len(r) for r in rows)
         logp = torch.zeros(len(rows), width, device=hidden.device)
         mask = torch.zeros(len(rows), width, device=hidden.device)
-        for r, ((s, e), lp) in enumerate(zip(spans, emb.span_logprobs(hidden, ids, spans))):
+        for r, ((s, e), lp) in enumerate(zip(spans, emb.span_logprobs(hidden, ids, spans, temperature))):
             if lp.numel():
                 logp[r, s:e], mask[r, s:e] = lp, 1.0
         return logp, mask

@@ -23,7 +23,7 @@ from irlm.methods.reasoning.model import ReasoningEmbedder
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
 from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
-from irlm.utils import write_json
+from irlm.utils import atomic_path, write_json
 
 PROMPT_VERSION = "reasoning-v1"
 STAGES = ("data", "coldstart", "grpo")
@@ -53,6 +53,7 @@ def make_reasoning(cfg: ReasoningConfig) -> dict:
 
     out = Path(cfg.reasoning_file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_line(out)
     done = {json.loads(line)["query_id"] for line in out.open()} if out.exists() else set()
     todo = list({p["query_id"]: p for p in pairs(cfg.data, cfg.train_split)}.values())  # one per query
     todo = [p for p in todo[: cfg.max_queries or None] if p["query_id"] not in done]
@@ -71,6 +72,17 @@ def make_reasoning(cfg: ReasoningConfig) -> dict:
             f.flush()
     total = sum(1 for _ in out.open())
     return {"reasoning_file": str(out), "examples": total, "this_run": len(todo)}
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line that a kill left without its newline: it may be half a row, and the next row appended
+    would be glued to it. Its query is simply reasoned about again."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def read_reasoning(path: str, data: str, split: str) -> list[dict]:
@@ -143,9 +155,7 @@ def train(cfg: ReasoningConfig) -> dict:
         examples = pairs(cfg.data, cfg.train_split)
         task = GRPOTask(emb, cfg.preset, cfg.group, cfg.gamma_grpo, cfg.gamma_nce, cfg.clip, cfg.temperature,
                         cfg.sample_temperature, env=environment(emb, cfg, examples), chunk=cfg.grpo_chunk)  # fmt: skip
-    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
-    history = Trainer(task, examples, tc).fit() if cfg.steps else []
+    history = Trainer(task, examples, train_config(cfg)).fit() if cfg.steps else []
     if world()[0] != 0:
         return {}
     emb.model.eval()
@@ -159,6 +169,12 @@ def train(cfg: ReasoningConfig) -> dict:
     print(json.dumps({"method": "reasoning", "stage": cfg.stage, "output_dir": cfg.output_dir,
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
     return results
+
+
+def train_config(cfg: ReasoningConfig) -> TrainConfig:
+    return TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, schedule=cfg.schedule,
+                       batch_size=cfg.batch_size, precision=cfg.precision, save_every=cfg.save_every,
+                       seed=cfg.seed)  # fmt: skip
 
 
 def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dict]):

@@ -111,7 +111,17 @@ def reject_probs(model, prompts: list[list[int]], yes_id: int, no_id: int, pad_i
 
 
 def combine(retrieval_logprobs: list[float], reject: list[float] | None, tau: float, delta: float) -> list[float]:
-    """S_i = softmax_i(P(t_i|q) / tau) * softmax_i((1 - P(reject_i)) / delta) (paper, tau = delta = 0.4)."""
+    """S_i = softmax_i(P(t_i, p_i | q) / tau) * softmax_i((1 - P(reject_i)) / delta) (paper, tau = delta = 0.4).
+
+    `retrieval_logprobs` are log P(t_i, p_i | q), title and passage together (copied tokens excluded): the
+    paper writes the first factor as P(t_i | q), but a candidate is a (title, passage) pair, and the passages
+    under one title would tie on P(t_i | q) alone. tau divides the retrieval probabilities, delta the
+    acceptance probabilities.
+
+    Example:
+        >>> [round(s, 3) for s in combine([math.log(0.6), math.log(0.3)], [0.9, 0.1], tau=0.4, delta=0.4)]
+        [0.081, 0.283]
+    """
     if not retrieval_logprobs:
         return []
     probs = torch.tensor(retrieval_logprobs, dtype=torch.float64).exp()

@@ -6,11 +6,22 @@ import threading
 import time
 
 import torch
+from transformers import StoppingCriteria
 
 from irlm.errors import InputError
 from irlm.models.generator.base import Generation, Prompt, SamplingParams, Usage, cut_at_stop
 from irlm.models.resolve import resolve_model
 from irlm.utils import bf16_is_faster, pick_device
+
+
+class Cancelled(StoppingCriteria):
+    """Stops every sequence of a running `generate` once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kw) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersGenerator:
@@ -36,6 +47,7 @@ class TransformersGenerator:
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.usage = Usage(budget=budget)
         self._lock = threading.Lock()  # one forward at a time: the server calls from worker threads
+        self.cancel = threading.Event()  # set (by a server shutting down): running generations stop at the next token
 
     def render(self, prompt: Prompt) -> str:
         """Plain text as is; a chat through the model's template. A chat ending with an assistant message
@@ -83,7 +95,7 @@ class TransformersGenerator:
         if params.stop:
             kw.update(stop_strings=params.stop, tokenizer=tok)
         seqs = self.model.generate(**batch, max_new_tokens=max_new, do_sample=sample, pad_token_id=tok.pad_token_id,
-                                   top_k=None, **kw)  # fmt: skip
+                                   top_k=None, stopping_criteria=[Cancelled(self.cancel)], **kw)  # fmt: skip
         return [self._decode(row[width:], len(p), max_new, params.stop) for row, p in zip(seqs, ids)]
 
     def _decode(self, new: torch.Tensor, n_prompt: int, max_new: int, stop: list[str]) -> Generation:

@@ -4,6 +4,11 @@ Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`, `
 shape, for exact token counts) and `GET /health`. Concurrent requests with the same sampling settings
 are micro-batched into one `generate` call. Bad input is a 4xx with an OpenAI error body, never a 500.
 
+One worker runs the model, so every request is bounded: at most `max_tokens` new tokens (a chat that names
+none gets a default), at most 4 stop strings of 64 characters, a body of at most MAX_BODY_BYTES (refused
+from its Content-Length, before reading), and the key checked before the body is parsed. On SIGTERM the
+running generation is cancelled after a short grace period rather than finished.
+
 Example:
     >>> serve_llm("smollm2-135m", port=8000)  # doctest: +SKIP
     $ curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d '{"prompt": "Hi", "max_tokens": 8}'
@@ -17,6 +22,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -32,6 +38,12 @@ from irlm.models.generator.base import BudgetExceeded, Generation, Generator, Pr
 log = logging.getLogger(__name__)
 
 NonEmpty = Annotated[str, Field(min_length=1)]  # an empty prompt has no last token to continue from
+MAX_BODY_BYTES = 4 << 20  # both servers: /encode's 64 texts x 32k characters fit; a 100 MB body is refused unread
+MAX_STOP = 4  # stop strings per request, OpenAI's own limit: each one costs the worker a scan of the vocabulary
+MAX_STOP_CHARS = 64
+DEFAULT_MAX_TOKENS = 256  # a chat without max_tokens: enough for a query, a ranking or a triplet
+MAX_TOKENS = 1024  # the longest one request may hold the single worker: it bounds every other client's wait
+GRACE_S = 2  # seconds in-flight requests get after SIGTERM before their generation is cancelled
 
 
 class APIError(Exception):
@@ -88,6 +100,16 @@ class Sampling(BaseModel):
             raise ValueError("streaming is not supported")
         return stream
 
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        return stop
+
     def params(self, max_tokens: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(max_tokens, self.temperature, self.top_p, stop, self.seed)
@@ -100,7 +122,7 @@ class CompletionRequest(Sampling):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)  # None: as many as the context leaves, like OpenAI
+    max_tokens: int | None = Field(None, ge=1)  # None: the server's default (DEFAULT_MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
 
 
@@ -123,8 +145,12 @@ def sampling_key(item: tuple[Prompt, SamplingParams]) -> tuple:
     return p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed
 
 
-def build_app(generator: Generator, api_key: str | None = None, max_batch: int = 16) -> FastAPI:
+def build_app(generator: Generator, api_key: str | None = None, max_batch: int = 16,
+              max_tokens: int = MAX_TOKENS, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:  # fmt: skip
     """A FastAPI app serving `generator`; with `api_key`, every /v1 route needs `Authorization: Bearer <key>`.
+
+    A request may ask for at most `max_tokens` new tokens (a chat that names none gets `default_max_tokens`),
+    so no client can hold the single worker longer than that.
 
     Example:
         >>> app = build_app(TransformersGenerator("smollm2-135m"), api_key="secret")  # doctest: +SKIP
@@ -136,10 +162,13 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=5, key=sampling_key)
 
-    app = FastAPI(title="irlm generator", lifespan=closing_lifespan(batcher))
+    app = FastAPI(title="irlm generator", lifespan=closing_lifespan(batcher, getattr(generator, "cancel", None)),
+                  **docs_pages(api_key))  # fmt: skip
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, refuse=lambda m: APIError(413, m, code="body_too_large"))
+    app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY, code="invalid_api_key"))
     add_error_handlers(app)
     v1 = APIRouter(dependencies=[Depends(key_checker(api_key))])
-    add_routes(v1, generator, batcher)
+    add_routes(v1, generator, batcher, TokenBounds(max_tokens, min(default_max_tokens, max_tokens)))
     app.include_router(v1)
 
     @app.get("/health")
@@ -149,7 +178,47 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
     return app
 
 
-def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher) -> None:
+@dataclass
+class TokenBounds:
+    """The most new tokens a request may ask for, and what a request that names none gets."""
+
+    limit: int
+    default: int
+
+    def check(self, asked: int | None, context: int) -> int:
+        if asked is not None and asked > self.limit:
+            raise APIError(400, f"max_tokens={asked} is more than this server's limit of {self.limit}", "max_tokens")
+        return asked or min(self.default, context)  # a small model's context may be under the default
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, from its Content-Length before reading any of it,
+    or, for a body sent without one, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app, max_bytes: int, refuse):
+        self.app, self.max_bytes, self.refuse = app, max_bytes, refuse  # refuse(message) -> an APIError
+        self.message = f"the request body is over the limit of {max_bytes} bytes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return await self.refuse(self.message).response()(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, self.message)  # FastAPI hands it to the app's own handler
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher, bounds: TokenBounds) -> None:
     # plain `def` routes: FastAPI runs them in its thread pool, so the blocking generate never stalls the loop
     @router.get("/v1/models")
     def models() -> dict:
@@ -160,14 +229,14 @@ def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher) -
     @router.post("/v1/completions")
     def completions(req: CompletionRequest) -> dict:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        gens = run_prompts(generator, batcher, prompts, req, req.max_tokens)
+        gens = run_prompts(generator, batcher, prompts, req, bounds.check(req.max_tokens, generator.context_length))
         choices = [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
                    for i, g in enumerate(gens)]  # fmt: skip
         return envelope("cmpl", "text_completion", generator.name, choices, gens)
 
     @router.post("/v1/chat/completions")
     def chat(req: ChatRequest) -> dict:
-        max_tokens = req.max_completion_tokens or req.max_tokens or generator.context_length
+        max_tokens = bounds.check(req.max_completion_tokens or req.max_tokens, generator.context_length)
         (g,) = run_prompts(generator, batcher, [[m.as_dict() for m in req.messages]], req, max_tokens)
         choice = {"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason}
         return envelope("chatcmpl", "chat.completion", generator.name, [choice], [g])
@@ -214,6 +283,38 @@ def envelope(prefix: str, kind: str, model: str, choices: list[dict], gens: list
             "choices": choices, "usage": usage}  # fmt: skip
 
 
+WRONG_KEY = "missing or wrong API key; send 'Authorization: Bearer <key>'"
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """The key from $api_key_env; set but empty is refused, as it would turn every request away unannounced."""
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if key is not None and not key.strip():
+        raise InputError(f"${api_key_env} is set but empty: set it to the key clients must send, or unset it")
+    return key
+
+
+def docs_pages(api_key: str | None) -> dict:
+    """FastAPI's /docs, /redoc and /openapi.json: only on a server without a key (they bypass its routes' check)."""
+    return {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
+class KeyGuard:
+    """ASGI middleware: with a key, a request without `Authorization: Bearer <key>` is refused (401) before its
+    body is read or parsed; `open_paths` (the health check) stay open."""
+
+    def __init__(self, app, api_key: str | None, refuse, open_paths: tuple[str, ...] = ("/health",)):
+        self.app, self.refuse, self.open_paths = app, refuse, open_paths
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.expected is not None and scope["path"] not in self.open_paths:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time, as bearer_ok
+                return await self.refuse().response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def bearer_ok(request: Request, api_key: str | None) -> bool:
     """True without a key, else only for `Authorization: Bearer <key>`."""
     if api_key is None:
@@ -228,7 +329,7 @@ def key_checker(api_key: str | None):
 
     def check(request: Request) -> None:
         if not bearer_ok(request, api_key):
-            raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
+            raise APIError(401, WRONG_KEY, code="invalid_api_key")
 
     return check
 
@@ -273,7 +374,7 @@ def field_path(loc: tuple) -> list[str]:
 
 def serve_llm(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000,
               api_key_env: str | None = "IRLM_API_KEY", batch_size: int = 8, device: str | None = None,
-              dtype: str = "auto") -> None:  # fmt: skip
+              dtype: str = "auto", max_tokens: int = MAX_TOKENS) -> None:  # fmt: skip
     """Load `model` in this process and serve it on host:port until interrupted.
 
     The key, if any, is read from the environment variable `api_key_env` so it never shows in `ps`.
@@ -285,14 +386,15 @@ def serve_llm(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 
 
     from irlm.models.generator.local import TransformersGenerator
 
-    api_key = os.environ.get(api_key_env) if api_key_env else None
+    api_key = read_api_key(api_key_env)
     if api_key is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
                     api_key_env or "IRLM_API_KEY")  # fmt: skip
     generator = TransformersGenerator(model, device=device, dtype=dtype, batch_size=batch_size)
     # a micro-batch of batch_size is one forward loop: larger ones only make early requests wait for later ones
-    app = build_app(generator, api_key=api_key, max_batch=batch_size)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = build_app(generator, api_key=api_key, max_batch=batch_size, max_tokens=max_tokens)
+    # SIGTERM: in-flight requests get a few seconds, then the lifespan cancels the running generation
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACE_S)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,149 @@
+"""Apply one-line changes that break a method's maths, run the tests that should catch each, report.
+
+    .venv/bin/python tests/scripts/mutations.py            # every mutation
+    .venv/bin/python tests/scripts/mutations.py -k resume  # those whose name contains "resume"
+
+Each mutation is made in a scratch copy of irlm/ and tests/, never in the checkout, so the check is safe
+to run while others work in it and leaves nothing to restore if it is killed. The unmutated copy runs
+the same tests first: a test that fails without any change cannot be said to catch one. Exit status 1
+when any mutation goes uncaught (or the baseline fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Mutation:
+    name: str
+    file: str
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: list[str]  # pytest node ids that should fail under the change
+
+
+REASONING = "tests/integration/test_reasoning.py"
+MUTATIONS = [
+    Mutation("GRPO advantage sign flipped", "irlm/methods/reasoning/tasks.py",
+             "return reward, group_advantages(", "return reward, -group_advantages(",
+             [f"{REASONING}::test_one_grpo_step_raises_the_better_samples_probability"]),
+    Mutation("GRPO rewards grouped across queries", "irlm/methods/reasoning/tasks.py",
+             "reward.view(len(examples), self.group)", "reward.view(self.group, len(examples))",
+             [f"{REASONING}::test_rewards_are_normalised_within_each_querys_group"]),
+    Mutation("resume leaves the global RNG alone", "irlm/train/loop.py",
+             "        _set_rng_state(json.loads((folder / \"rng.json\").read_text()))\n", "",
+             ["tests/integration/test_train_loop.py::test_resume_restores_the_global_rng"]),
+    Mutation("Self-Retrieval tau and delta swapped", "irlm/methods/selfretrieval/decode.py",
+             "tau: float, delta: float", "delta: float, tau: float",
+             ["tests/integration/test_selfretrieval.py::test_tau_scales_retrieval_and_delta_the_assessment"]),
+    Mutation("hard-concrete eval gate divides by beta", "irlm/methods/drama/prune.py",
+             "s = torch.sigmoid(self.log_alpha)\n", "s = torch.sigmoid(self.log_alpha / BETA)\n",
+             ["tests/unit/test_prune_masks.py::test_eval_gate_away_from_saturation"]),
+    # the slips of issue 17, each fix undone in one line
+    Mutation("length reward pays a thought never closed", "irlm/methods/reasoning/tasks.py",
+             "return 0.0 if n_tokens is None else", "return 1.0 if n_tokens is None else",
+             [f"{REASONING}::test_a_thought_stopped_at_end_of_text_earns_no_length_reward"]),
+    Mutation("reasoning schedule back to linear", "irlm/methods/reasoning/config.py",
+             'schedule: str = "cosine"', 'schedule: str = "linear"',
+             [f"{REASONING}::test_reasoning_trains_on_a_cosine_schedule"]),
+    Mutation("cosine schedule decays linearly", "irlm/train/loop.py",
+             "SCHEDULES = {\"linear\": linear_warmup, \"cosine\": cosine_warmup}",
+             "SCHEDULES = {\"linear\": linear_warmup, \"cosine\": linear_warmup}",
+             ["tests/integration/test_train_loop.py::test_the_trainer_uses_the_configured_schedule"]),
+    Mutation("GRPO log-probabilities ignore the sampling temperature", "irlm/methods/reasoning/model.py",
+             ".float() / temperature, dim=-1)", ".float(), dim=-1)",
+             [f"{REASONING}::test_grpo_logprobs_are_those_of_the_sampling_distribution"]),
+    Mutation("GRPO sampling reseeds the global RNG", "irlm/methods/reasoning/tasks.py",
+             "with torch.random.fork_rng(devices=devices):", "if devices is not None:",
+             [f"{REASONING}::test_grpo_sampling_leaves_the_global_rng_alone"]),
+    Mutation("epoch permutation seeded with seed + epoch", "irlm/train/loop.py",
+             "perm = _permutation(n, epoch_seed(seed, epoch))", "perm = _permutation(n, seed + epoch)",
+             ["tests/integration/test_train_loop.py::test_neighbouring_seeds_share_no_epoch"]),
+    Mutation("torn reasoning row kept on resume", "irlm/methods/reasoning/train.py",
+             "    drop_torn_line(out)\n", "",
+             [f"{REASONING}::test_a_torn_last_line_of_the_reasoning_file_is_redone"]),
+    Mutation("reasoning InfoNCE without the cross-process gather", "irlm/methods/reasoning/tasks.py",
+             "return info_nce_from_embeddings(q, d, temperature)",
+             "return info_nce_from_embeddings(q, d, temperature, gather=False)",
+             [f"{REASONING}::test_reasoning_infonce_sees_every_processs_documents"]),
+    # pruning exports what it trained (issue 17, item 2)
+    Mutation("pruning ends without hardening", "irlm/methods/drama/prune.py",
+             "target_warmup: float = 0.5, harden: float = 0.2", "target_warmup: float = 0.5, harden: float = 0.0",
+             ["tests/integration/test_prune.py::test_pruning_exports_what_it_trained"]),
+    Mutation("export drops the kept gate values", "irlm/methods/drama/export.py",
+             "(gates or ones_like_gates(cfg))", "(ones_like_gates(cfg))",
+             ["tests/integration/test_prune.py::test_export_folds_the_kept_gate_values"]),
+    Mutation("tied head not unfolded through the final norm", "irlm/methods/drama/export.py",
+             "if _tied(cfg) else torch.ones_like(z_h)", "if False else torch.ones_like(z_h)",
+             ["tests/integration/test_prune.py::test_export_folds_the_kept_gate_values"]),
+    Mutation("frozen parameters moved by momentum across processes", "irlm/train/loop.py",
+             "p.grad = g.view_as(p).clone() if n else None", "p.grad = g.view_as(p).clone()",
+             ["tests/integration/test_train_loop.py::test_a_parameter_without_gradient_stays_put_across_processes"]),
+]  # fmt: skip
+
+
+def scratch_copy() -> Path:
+    """irlm/, tests/ and pyproject.toml in a temporary folder (a few hundred KB)."""
+    tmp = Path(tempfile.mkdtemp(prefix="irlm-mutations-"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("irlm", "tests"):
+        shutil.copytree(ROOT / name, tmp / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    return tmp
+
+
+def run_tests(copy: Path, tests: list[str]) -> bool:
+    """True when every test passes. The copy comes first on the path, ahead of the editable install."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1",
+           "IRLM_DATA": os.environ.get("IRLM_DATA", str(ROOT.parent / "shared" / "data"))}  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True).returncode == 0
+
+
+def apply(copy: Path, m: Mutation) -> str:
+    """Make the change in the copy; returns the original text to put back."""
+    path = copy / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"{m.file}: the line to mutate for '{m.name}' occurs {text.count(m.old)} times, not once")
+    path.write_text(text.replace(m.old, m.new))
+    return text
+
+
+def check(copy: Path, m: Mutation) -> str:
+    if not run_tests(copy, m.tests):
+        return "baseline fails"
+    original = apply(copy, m)
+    try:
+        return "not caught" if run_tests(copy, m.tests) else "caught"
+    finally:
+        (copy / m.file).write_text(original)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only mutations whose name contains this")
+    chosen = [m for m in MUTATIONS if ap.parse_args().k.lower() in m.name.lower()]
+    copy = scratch_copy()
+    try:
+        results = [(m, check(copy, m)) for m in chosen]
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    width = max(len(m.name) for m, _ in results)
+    for m, verdict in results:
+        print(f"{m.name:<{width}}  {verdict:<14}  {' '.join(t.split('::')[-1] for t in m.tests)}")
+    sys.exit(0 if all(v == "caught" for _, v in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
