@@ -37,6 +37,8 @@ class EncoderConfig:
     passage_prefix: str = ""
     max_length: int = 512  # tokens, including the appended EOS / pool token
     normalize: bool = True  # L2: cosine similarity becomes a dot product
+    lowercase: bool = False  # lower-case every text (prefix included) before tokenising: cased tokenizers
+    # otherwise see "VITAMIN D" and "vitamin D" as unrelated; retrievers trained by irlm switch it on
     append_eos: bool = True  # decoders need an explicit end token to summarise into
     padding_side: str = "right"
     dtype: str = "auto"  # auto|bf16|fp32; auto = bf16 where it is faster than fp32 on this device
@@ -126,6 +128,8 @@ class LLMEncoder:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated so that the suffix (EOS / pool token) always fits."""
         room = self.config.max_length - len(self._suffix)
+        if self.config.lowercase:
+            texts = [t.lower() for t in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=room, add_special_tokens=True)["input_ids"]
         return [row + self._suffix for row in ids]
 

@@ -162,3 +162,5 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     assert rows == 4 + 4  # 2 training queries and their 2 documents; evaluation added 3 documents and the dev query
     run(2)  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
+    saved = json.loads((tmp_path / "s1" / "final" / "irlm_encoder.json").read_text())
+    assert saved["lowercase"] is True  # trained retrievers read every casing alike by default

@@ -213,3 +213,31 @@ def test_encode_empty_list(llama_encoder):
     # e.g. a split with no queries: an empty (0, dim) array, not an IndexError from inside the tokenizer
     out = llama_encoder.encode_queries([], progress=False)
     assert out.shape == (0, 32) and out.dtype == np.float32
+
+
+def test_lowercase_is_saved_and_applied_on_reload(tmp_path, llama_dir):
+    """A cased tokenizer sees 'VITAMIN D' and 'vitamin d' as different texts; `lowercase` makes every
+    casing one input, and a saved encoder keeps doing so when reloaded."""
+    shouted = [t.upper() for t in TEXTS]
+    cased = _encoder(llama_dir)
+    assert not cased.config.lowercase  # a base model reads its text as written
+    assert not np.allclose(cased.encode_queries(shouted, progress=False), cased.encode_queries(TEXTS, progress=False))
+
+    _encoder(llama_dir, lowercase=True).save(tmp_path / "enc")
+    assert json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())["lowercase"] is True
+    loaded = LLMEncoder.from_pretrained(str(tmp_path / "enc"), device="cpu", dtype="fp32")
+    assert loaded.config.lowercase
+    for texts in (shouted, [t.title() for t in TEXTS]):
+        np.testing.assert_allclose(loaded.encode_queries(texts, progress=False),
+                                   loaded.encode_queries(TEXTS, progress=False), atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(loaded.encode_corpus(texts, progress=False),
+                                   loaded.encode_corpus(TEXTS, progress=False), atol=1e-6)  # fmt: skip
+    lowered = cased.encode_corpus([t.lower() for t in TEXTS], progress=False)
+    np.testing.assert_allclose(loaded.encode_corpus(shouted, progress=False), lowered, atol=1e-5)
+
+
+def test_trainers_lowercase_by_default():
+    from irlm.methods.anchor.config import AnchorConfig
+    from irlm.methods.drama.config import RetrieverConfig
+
+    assert RetrieverConfig().lowercase and AnchorConfig().lowercase

@@ -72,3 +72,17 @@ def test_hits_is_a_rate_not_a_count():
 def test_no_relevant_judgements_is_an_error():
     with pytest.raises(ValueError, match="no relevant"):
         evaluate(RUN, {"q1": {"d1": 0}})
+
+
+def test_mrr_cutoff_ignores_a_hit_below_it():
+    run = {"q": {f"d{i}": 100.0 - i for i in range(20)}}
+    assert evaluate(run, {"q": {"d11": 1}}, ["mrr@10", "mrr@20"]) == pytest.approx({"mrr@10": 0.0, "mrr@20": 1 / 12}, abs=1e-6)
+
+
+def test_ties_keep_the_run_order():
+    """Equal scores rank in the order the retriever returned them, not by document id (trec_eval's rule)."""
+    first, second = {"q": {"a": 1.0, "z": 1.0}}, {"q": {"z": 1.0, "a": 1.0}}
+    assert evaluate(first, {"q": {"z": 1}}, ["mrr@10"]) == {"mrr@10": 0.5}
+    assert evaluate(second, {"q": {"z": 1}}, ["mrr@10"]) == {"mrr@10": 1.0}
+    tied = {"q": {f"d{i}": 1.0 for i in range(30)}}  # long enough that an unstable sort would reorder it
+    assert evaluate(tied, {"q": {"d3": 1}}, ["mrr@10"]) == pytest.approx({"mrr@10": 1 / 4})

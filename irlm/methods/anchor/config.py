@@ -29,6 +29,7 @@ class AnchorConfig:
     # encoder
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128  # document tokens; 128 kept the measured CPU run at 9 minutes
+    lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
     precision: str = "bf16"
     lora_r: int = 0  # 0 = full fine-tuning
     seed: int = 42

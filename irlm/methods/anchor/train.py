@@ -80,7 +80,8 @@ def train(cfg: AnchorConfig) -> dict:
     seed_everything(cfg.seed)
     examples = training_examples(cfg)
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, with_lm_head=cfg.stage1_steps > 0,
-                                         pooling=cfg.pooling, max_length=cfg.max_length, dtype="fp32")
+                                         pooling=cfg.pooling, max_length=cfg.max_length, dtype="fp32",
+                                         lowercase=cfg.lowercase)
     encoder.config.dtype = "auto"  # fp32 master weights for training; the saved model loads as bf16 where faster
     if cfg.lora_r:
         add_lora(encoder, cfg.lora_r)

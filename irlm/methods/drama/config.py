@@ -37,6 +37,23 @@ class AugmentConfig:
     seed: int = 42
     device: str | None = None
 
+    def __post_init__(self):
+        """Refuse a setting that would run silently wrong (`top_k=-1` once slices `ranked[:-1]`), one line each."""
+        from irlm.errors import InputError
+
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"strategy: unknown value '{self.strategy}'; choose {', '.join(STRATEGIES)}")
+        least = {"n": 1, "top_k": 1, "n_positives": 1, "negatives_from": 1, "rerank_negatives_from": 1,
+                 "passage_words": 1, "doc_words": 1, "window": 2, "step": 1, "max_new_tokens": 0, "retries": 0,
+                 "batch_size": 1, "min_sentence_words": 1, "token_budget": 1}  # fmt: skip
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise InputError(f"setting {name} must be at least {low}, got {value}")
+        for name in ("temperature", "retry_temperature"):
+            if not 0 <= getattr(self, name) <= 2:
+                raise InputError(f"setting {name} must be between 0 and 2, got {getattr(self, name)}")
+
 
 @dataclass
 class RetrieverConfig:
@@ -64,6 +81,7 @@ class RetrieverConfig:
     activation_dtype: str = "bf16"  # bf16 halves the disk (a 5k-document corpus at 128 tokens: ~0.7 GB)
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128
+    lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
     precision: str = "bf16"
     seed: int = 42
     save_every: int = 10
@@ -90,6 +108,13 @@ class PruneConfig:
     mask_lr: float = 0.1  # mask logits and multipliers: 0.1 / 0.1 converged within 0.01 of every target
     lambda_lr: float = 0.1  # on a tiny model in 200 steps (tests/integration/test_prune.py)
     target_warmup: float = 0.5  # targets slide from full size to the final shape over this share of steps
+    # the last share of steps trains the weights under frozen gates while the structures outside the target
+    # fade to 0, so the export is the model trained (prune.PruneTask; 0 = no hardening: the export then
+    # differs from the soft-gated model, by prune_report.json's export_gap)
+    harden: float = 0.2
+    # also drive the expected non-embedding parameter count to the target shape's (Sheared-LLaMA); off by
+    # default: as a product of the structures' fractions it pulls against their own targets
+    constrain_params: bool = False
     # initial P(z != 0): at 0.95, ~5 % of hidden dims dropped per step sent SmolLM2 LM loss to 16
     init_keep: float = 0.999
     precision: str = "bf16"

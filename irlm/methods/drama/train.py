@@ -62,7 +62,8 @@ def train(cfg: RetrieverConfig) -> dict:
     held_out = dev_qids(cfg)
     examples = training_examples(cfg, held_out)
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, pooling=cfg.pooling,
-                                         max_length=cfg.max_length, dtype="fp32")  # fmt: skip
+                                         max_length=cfg.max_length, dtype="fp32",
+                                         lowercase=cfg.lowercase)  # fmt: skip
     encoder.config.dtype = "auto"  # fp32 master weights; the saved model loads as bf16 where faster
     if cfg.cache_layers:
         encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples),
