@@ -37,8 +37,10 @@ class EncoderConfig:
     passage_prefix: str = ""
     max_length: int = 512  # tokens, including the appended EOS / pool token
     normalize: bool = True  # L2: cosine similarity becomes a dot product
-    lowercase: bool = False  # lower-case every text (prefix included) before tokenising: cased tokenizers
-    # otherwise see "VITAMIN D" and "vitamin D" as unrelated; retrievers trained by irlm switch it on
+    # case-fold every text (prefix included) before tokenising: a cased tokenizer otherwise reads "VITAMIN D"
+    # and "vitamin D" as unrelated; retrievers trained by irlm switch it on. Unicode case folding, not
+    # str.lower: "5 µG" upper-cased and back would otherwise differ from "5 µg" (micro sign vs mu)
+    lowercase: bool = False
     append_eos: bool = True  # decoders need an explicit end token to summarise into
     padding_side: str = "right"
     dtype: str = "auto"  # auto|bf16|fp32; auto = bf16 where it is faster than fp32 on this device
@@ -129,7 +131,7 @@ class LLMEncoder:
         """Token ids per text, truncated so that the suffix (EOS / pool token) always fits."""
         room = self.config.max_length - len(self._suffix)
         if self.config.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [t.casefold() for t in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=room, add_special_tokens=True)["input_ids"]
         return [row + self._suffix for row in ids]
 

@@ -218,21 +218,22 @@ def test_encode_empty_list(llama_encoder):
 def test_lowercase_is_saved_and_applied_on_reload(tmp_path, llama_dir):
     """A cased tokenizer sees 'VITAMIN D' and 'vitamin d' as different texts; `lowercase` makes every
     casing one input, and a saved encoder keeps doing so when reloaded."""
-    shouted = [t.upper() for t in TEXTS]
+    texts = [*TEXTS, "5 µg of vitamin D per day", "Straße and ς"]  # micro sign, sharp s, final sigma
+    shouted = [t.upper() for t in texts]
     cased = _encoder(llama_dir)
     assert not cased.config.lowercase  # a base model reads its text as written
-    assert not np.allclose(cased.encode_queries(shouted, progress=False), cased.encode_queries(TEXTS, progress=False))
+    assert not np.allclose(cased.encode_queries(shouted, progress=False), cased.encode_queries(texts, progress=False))
 
     _encoder(llama_dir, lowercase=True).save(tmp_path / "enc")
     assert json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())["lowercase"] is True
     loaded = LLMEncoder.from_pretrained(str(tmp_path / "enc"), device="cpu", dtype="fp32")
     assert loaded.config.lowercase
-    for texts in (shouted, [t.title() for t in TEXTS]):
-        np.testing.assert_allclose(loaded.encode_queries(texts, progress=False),
-                                   loaded.encode_queries(TEXTS, progress=False), atol=1e-6)  # fmt: skip
-        np.testing.assert_allclose(loaded.encode_corpus(texts, progress=False),
-                                   loaded.encode_corpus(TEXTS, progress=False), atol=1e-6)  # fmt: skip
-    lowered = cased.encode_corpus([t.lower() for t in TEXTS], progress=False)
+    for recased in (shouted, [t.title() for t in texts], [t.lower() for t in texts]):
+        np.testing.assert_allclose(loaded.encode_queries(recased, progress=False),
+                                   loaded.encode_queries(texts, progress=False), atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(loaded.encode_corpus(recased, progress=False),
+                                   loaded.encode_corpus(texts, progress=False), atol=1e-6)  # fmt: skip
+    lowered = cased.encode_corpus([t.casefold() for t in texts], progress=False)
     np.testing.assert_allclose(loaded.encode_corpus(shouted, progress=False), lowered, atol=1e-5)
 
 
