@@ -54,6 +54,10 @@ def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise InputError(f"{path}: 'stages' must be a non-empty list")
+    for key in recipe:
+        if key not in RECIPE_KEYS:  # `run_dri:` would silently run into runs/<recipe name>
+            raise InputError(f"{path}: unknown key {key!r}{did_you_mean(str(key), RECIPE_KEYS)} (a recipe has "
+                             f"{', '.join(RECIPE_KEYS)})")  # fmt: skip
     names = set()
     for n, st in enumerate(stages, 1):
         if not isinstance(st, dict) or "name" not in st or "kind" not in st:
@@ -82,7 +86,13 @@ def check_keys(path: Path, stage: dict) -> None:
         return
     for key in stage:
         if key not in allowed | {"name", "kind", "expected"}:
-            raise InputError(f"{path}: stage '{stage['name']}' has unknown key '{key}'{did_you_mean(key, allowed)}")
+            hint = did_you_mean(str(key), allowed)
+            raise InputError(f"{path}: stage '{stage['name']}' has unknown key '{key}'{hint}")
+        kind = STAGE_TYPES.get(key)
+        if kind is not None and stage[key] is not None and not isinstance(stage[key], kind):
+            want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise InputError(f"{path}: stage '{stage['name']}' setting {key}: expected {want}, "
+                             f"got {type(stage[key]).__name__} {stage[key]!r}")  # fmt: skip
 
 
 def resolve_refs(value, folders: dict[str, Path]):
@@ -246,6 +256,12 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
         settings = resolve_refs({k: v for k, v in st.items() if k not in ("name", "kind")}, folders)
         if st["kind"] == "eval":
             _depth(settings.get("k", 1000))
+        if st["kind"] in ("eval", "index"):
+            from irlm import options
+
+            where = f"stage '{st['name']}' setting"
+            options.one_of(settings.get("retriever"), ("bm25", "dense", "hybrid"), f"{where} retriever")
+            options.device(settings.get("device"), f"{where} device")
         cls, out = config_class(st["kind"], settings)
         if cls is not None:
             settings.pop("method", None)
@@ -308,6 +324,11 @@ def _brief(result: dict) -> dict:
     return {k: v for k, v in (result or {}).items() if k != "config"}
 
 
+RECIPE_KEYS = ("run_dir", "stages")
+STAGE_TYPES = {  # the built-in stages' settings; k is checked by _depth
+    "names": list, "data": str, "retriever": str, "model": str, "device": str, "split": str, "index": str,
+    "label": str,
+}  # fmt: skip
 STAGE_KEYS = {  # the settings each built-in stage reads (see its function above)
     "data": {"names", "data"},
     "index": {"retriever", "data", "model", "device"},

@@ -145,7 +145,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc, log: Path, timeout: float = 90) -> None:
+def wait_healthy(url: str, proc, log: Path, timeout: float = 300) -> None:
     """Wait for GET url/health to answer 200; fail with the server's log if it exits first."""
     import time
 

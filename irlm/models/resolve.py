@@ -99,6 +99,7 @@ def resolve_model(name: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"model folder '{name}' has no config.json", str(path))
+        check_model_config(path / "config.json")
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub ids are "org/name"
     if looks_like_path:
@@ -107,6 +108,29 @@ def resolve_model(name: str) -> str:
             "not an existing folder, not a hub id"
         )
     return name  # a hub id: transformers looks it up (offline machines fail there, see load_backbone)
+
+
+def check_model_config(config: Path) -> None:
+    """A model folder's config.json must be JSON naming a `model_type` this transformers knows (or custom code
+    through `auto_map`); otherwise transformers fails deep inside loading with a page of advice."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"not valid JSON ({e})", str(config)) from None
+    if not isinstance(values, dict):
+        raise InputError("expected a JSON object of model settings", str(config))
+    kind = values.get("model_type")
+    if "auto_map" in values:  # custom code: the encoder's trust_remote_code decides
+        return
+    if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+        from irlm.utils import did_you_mean
+
+        hint = did_you_mean(kind, CONFIG_MAPPING.keys()) if isinstance(kind, str) else ""
+        raise InputError(f"unknown model_type {kind!r}, not one transformers can load{hint}", str(config))
 
 
 def encoder_defaults(name: str) -> dict:

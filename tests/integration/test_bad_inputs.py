@@ -33,6 +33,10 @@ def ws(tmp_path_factory) -> Path:
     (root / "folder").mkdir()
     (root / "bad-syntax.yaml").write_text("steps: [1, 2\nlr: 1\n")
     (root / "wrong-type.yaml").write_text("batch_size: [1, 2]\n")
+    (root / "badmodel").mkdir()
+    (root / "badmodel" / "config.json").write_text('{"model_type": "nosuch", "hidden_size": 8}')
+    other = {"query": "q", "positives": ["x1"], "negatives": [], "strategy": "crop", "data": "scifact", "id": "x1"}
+    (root / "aug-other.jsonl").write_text(json.dumps(other) + "\n")  # examples of another dataset
     return root
 
 
@@ -123,6 +127,18 @@ CASES = {  # id -> (arguments, with {ws} for the workspace; words the one error 
     "train yaml syntax": ("train anchor --config {ws}/bad-syntax.yaml", "bad-syntax.yaml:2: YAML syntax error"),
     "train wrong type": ("train anchor --config {ws}/wrong-type.yaml", "setting batch_size: expected int"),
     "run missing recipe": ("run {ws}/missing.yaml", "no recipe at"),
+    "augment negative top_k": ("augment --strategy crop --data {ws}/toy --out {ws}/aug.jsonl --set top_k=-1",
+                               "setting top_k must be at least 1, got -1"),
+    "augment zero batch": ("augment --strategy crop --data {ws}/toy --out {ws}/aug.jsonl --set batch_size=0",
+                           "setting batch_size must be at least 1"),
+    "augment unknown strategy": ("augment --strategy nope --data {ws}/toy --out {ws}/aug.jsonl",
+                                 "strategy: unknown value 'nope'"),
+    "augment onto another dataset": ("augment --strategy crop --data {ws}/toy --out {ws}/aug-other.jsonl",
+                                     "already holds examples made with data 'scifact'"),
+    "encode unknown model_type": ("encode --data {ws}/toy --out {ws}/e --model {ws}/badmodel",
+                                  "config.json: unknown model_type 'nosuch'"),
+    "eval unknown model_type": ("eval --data {ws}/toy --retriever dense --model {ws}/badmodel",
+                                "unknown model_type 'nosuch'"),
     "run yaml syntax": ("run {ws}/bad-syntax.yaml", "YAML syntax error"),
 }  # fmt: skip
 
@@ -145,6 +161,7 @@ def test_bad_option_is_one_line(ws, case):
     args, words = CASES[case]
     assert_one_line(run_cli(args.format(ws=ws).split()), words)
     assert not (ws / "e").exists() and not (ws / "i").exists() and (ws / "plain.txt").read_text() == "not a folder"
+    assert not (ws / "aug.jsonl").exists() and len((ws / "aug-other.jsonl").read_text().splitlines()) == 1
 
 
 DAMAGED = {  # id -> (index, file, damage, words)
@@ -178,9 +195,27 @@ RECIPES = {  # id -> (stages, words)
     "stage escapes run_dir": ([{"name": "../victim", "kind": "report"}], "must be letters, digits"),
     "typo in eval stage": ([{"name": "e", "kind": "eval", "retreiver": "dense"}],
                            "unknown key 'retreiver'; did you mean 'retriever'?"),
+    "typo in data stage": ([{"name": "d", "kind": "data", "nmaes": ["scifact"]}], "did you mean 'names'?"),
+    "typo in index stage": ([{"name": "i", "kind": "index", "modle": "x"}], "did you mean 'model'?"),
+    "key in report stage": ([{"name": "r", "kind": "report", "format": "html"}], "unknown key 'format'"),
+    "typo in augment stage": ([{"name": "a", "kind": "augment", "top_kk": 3}], "did you mean 'top_k'?"),
+    "typo in prune stage": ([{"name": "p", "kind": "prune", "layres": 3}], "did you mean 'layers'?"),
+    "typo in pretrain stage": ([{"name": "p", "kind": "pretrain", "stesp": 3}], "did you mean 'steps'?"),
     "unknown train setting": ([{"name": "t", "kind": "train", "method": "anchor", "stpes": 3}], "stpes"),
+    "typo in drama train stage": ([{"name": "t", "kind": "train", "method": "drama", "augment_file": []}],
+                                  "did you mean 'augment_files'?"),
+    "augment stage negative top_k": ([{"name": "a", "kind": "augment", "top_k": -1}],
+                                     "setting top_k must be at least 1"),
+    "eval stage wrong type": ([{"name": "e", "kind": "eval", "retriever": ["bm25"]}],
+                              "setting retriever: expected str, got list"),
+    "eval stage unknown retriever": ([{"name": "e", "kind": "eval", "retriever": "nope"}],
+                                     "retriever: unknown value 'nope'"),
+    "index stage unknown device": ([{"name": "i", "kind": "index", "device": "gpu"}], "unknown device 'gpu'"),
+    "a later stage's typo fails first": ([{"name": "e", "kind": "eval", "data": "{ws}/toy"},
+                                          {"name": "t", "kind": "train", "method": "anchor", "stpes": 3}], "stpes"),
     "eval stage k zero": ([{"name": "e", "kind": "eval", "data": "{ws}/toy", "k": 0}], "k must be a whole number"),
     "recipe is a list": ("- a\n- b\n", "a recipe is a mapping"),
+    "typo in recipe key": ("run_dri: x\nstages: [{name: r, kind: report}]\n", "did you mean 'run_dir'?"),
 }  # fmt: skip
 
 
@@ -194,3 +229,15 @@ def test_bad_recipe_is_one_line(ws, case):
         path = recipe(ws, case.replace(" ", "-"), json.loads(json.dumps(stages).replace("{ws}", str(ws))))
     assert_one_line(run_cli(["run", str(path)]), words)
     assert json.loads((ws / "bm25" / "meta.json").read_text())["kind"] == "bm25"
+    assert not (ws / f"run-{case.replace(' ', '-')}" / "state.json").exists()  # refused before any stage ran
+
+
+@pytest.mark.parametrize("command", ["serve --index {ws}/bm25", "serve-llm --model {ws}/badmodel"])
+def test_an_empty_api_key_refuses_to_start(ws, command):
+    import os
+
+    args = command.format(ws=ws).split()
+    env = {**os.environ, "IRLM_API_KEY": "  "}
+    out = subprocess.run([sys.executable, "-c", "from irlm.cli import run; run()", *args], capture_output=True,
+                         text=True, timeout=120, env=env)  # fmt: skip
+    assert_one_line(out, "$IRLM_API_KEY is set but empty")

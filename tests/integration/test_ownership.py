@@ -140,3 +140,17 @@ def test_cli_encode_refuses_a_foreign_out_folder_before_loading_a_model(tmp_path
     target = user_folder(tmp_path / "emb")
     line = one_line_error(irlm("encode", "--data", toy_beir, "--out", target, "--model", "no/such-model"))
     assert "irlm did not make" in line and intact(target)
+
+
+def test_a_rerun_cleans_the_temporaries_of_a_stage_killed_mid_write(tmp_path, marks):
+    """`irlm run` killed while the index stage saved: `run/.idx.tmp-PID-x/idx` stays; the rerun removes it."""
+    run = tmp_path / "run"
+    pipeline.run_pipeline(write_recipe(tmp_path, run, ["a"]))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run / f".idx.tmp-{dead.pid}-k1ll3d" / "idx"
+    stale.mkdir(parents=True)
+    (stale / "vectors.npy").write_bytes(b"\0" * 10_000)
+    (run / f".idx.old-{dead.pid}").mkdir()  # the old copy of a replace cut short
+    pipeline.run_pipeline(write_recipe(tmp_path, run, ["a", "idx"]))
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "a", "idx", "state.json"]

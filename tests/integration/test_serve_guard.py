@@ -3,6 +3,8 @@ before the body is read, the docs pages stay behind the key, and an empty key re
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -45,3 +47,56 @@ def test_an_empty_key_refuses_to_start(retriever, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "")
     with pytest.raises(InputError, match=f"\\${KEY_ENV} is set but empty"):
         build_app(retriever, api_key_env=KEY_ENV)
+
+
+def call_unread(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """POST to `app` at the ASGI level with a body that is never delivered: (status, whether the app read it)."""
+    import asyncio
+
+    read, sent = [], []
+
+    async def receive():
+        read.append(True)
+        return {"type": "http.request", "body": b'{"query": "cat"}', "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), *headers], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2)}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start"), bool(read)
+
+
+def apps(retriever, key_env=None):
+    from irlm.models.generator.server import build_app as build_llm_app
+
+    class NoModel:  # the guards answer before any model work
+        name, context_length = "none", 64
+
+        def generate(self, prompts, params=None):
+            raise AssertionError("not reached")
+
+        def count_tokens(self, prompt):
+            raise AssertionError("not reached")
+
+    return {"serve": (build_app(retriever, api_key_env=key_env), "/search"),
+            "serve-llm": (build_llm_app(NoModel(), api_key=os.environ.get(key_env) if key_env else None),
+                          "/v1/completions")}  # fmt: skip
+
+
+@pytest.mark.parametrize("server", ["serve", "serve-llm"])
+def test_an_oversized_content_length_is_refused_without_reading_the_body(retriever, server):
+    app, path = apps(retriever)[server]
+    status, read = call_unread(app, path, [(b"content-length", str(100 << 20).encode())])
+    assert status == 413 and not read
+
+
+@pytest.mark.parametrize("server", ["serve", "serve-llm"])
+def test_a_request_without_the_key_is_refused_without_reading_the_body(retriever, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    app, path = apps(retriever, KEY_ENV)[server]
+    status, read = call_unread(app, path, [(b"content-length", b"16")])
+    assert status == 401 and not read

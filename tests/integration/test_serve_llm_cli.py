@@ -38,7 +38,7 @@ def server(lm_dir, tmp_path_factory):
         proc = subprocess.Popen(cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log, timeout=300)  # a loaded 2-core machine has taken over 90 s to start it
         yield f"{url}/v1"
     finally:
         proc.terminate()

@@ -126,6 +126,28 @@ def finished_units(out: Path) -> set[str]:
     return done
 
 
+def check_same_source(out: Path, cfg: AugmentConfig) -> None:
+    """A rerun resumes `out`; one of another dataset or strategy would mix its examples into it (and skip its
+    units whose ids happen to match), so it is refused before any work."""
+    recorded = {}
+    if out.is_file() and out.stat().st_size:
+        with open(out, encoding="utf-8", errors="replace") as f:
+            try:
+                recorded = json.loads(f.readline())
+            except ValueError:
+                recorded = {}
+    if not isinstance(recorded, dict) or "data" not in recorded:
+        try:
+            recorded = json.loads(stats_path(out).read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            return
+    for key in ("data", "strategy"):
+        was, now = recorded.get(key), getattr(cfg, key)
+        if was is not None and was != now:
+            raise InputError(f"--out {out} already holds examples made with {key} '{was}'; this run has {key} "
+                             f"'{now}' and would mix them in: give another --out")  # fmt: skip
+
+
 def append(outcomes: list[Outcome], out: Path) -> None:
     with open(out, "a", encoding="utf-8") as ok, open(skipped_path(out), "a", encoding="utf-8") as bad:
         for o in outcomes:
@@ -321,8 +343,9 @@ def run_augment(cfg: AugmentConfig, generator=None, retriever=None) -> dict:
     """Process every unit not yet in `cfg.out`; returns (and writes beside it) the run's counts."""
     from irlm.models.generator import load_generator
 
-    corpus = load_dataset(cfg.data).corpus
     out = Path(cfg.out)
+    check_same_source(out, cfg)
+    corpus = load_dataset(cfg.data).corpus
     out.parent.mkdir(parents=True, exist_ok=True)
     if generator is None and cfg.strategy != "crop":
         generator = load_generator(cfg.teacher, device=cfg.device, batch_size=cfg.batch_size, budget=cfg.token_budget)

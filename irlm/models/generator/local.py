@@ -15,13 +15,16 @@ from irlm.utils import bf16_is_faster, pick_device
 
 
 class Cancelled(StoppingCriteria):
-    """Stops every sequence of a running `generate` once `event` is set."""
+    """Stops every sequence of a running `generate` once `event` is set, and row i once `rows[i]` is set
+    (a server's client that went away: the other rows of its batch go on)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, event: threading.Event, rows: list[threading.Event] | None = None):
+        self.event, self.rows = event, rows
 
     def __call__(self, input_ids: torch.Tensor, scores, **kw) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        n = input_ids.shape[0]
+        gone = [self.event.is_set() or bool(self.rows and self.rows[i].is_set()) for i in range(n)]
+        return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersGenerator:
@@ -65,7 +68,9 @@ class TransformersGenerator:
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: list[Prompt], params: SamplingParams | None = None) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams | None = None,
+                 cancelled: list[threading.Event] | None = None) -> list[Generation]:  # fmt: skip
+        """`cancelled[i]`, once set, stops prompt i at its next token (a chunk of only such prompts is skipped)."""
         params = params or SamplingParams()
         self.usage.check()
         ids = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
@@ -78,12 +83,18 @@ class TransformersGenerator:
         with self._lock, torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 chunk = order[b : b + self.batch_size]
-                for i, g in zip(chunk, self._batch([ids[i] for i in chunk], params)):
+                rows = [cancelled[i] for i in chunk] if cancelled else None
+                if rows and all(e.is_set() for e in rows):
+                    gens = [Generation("", len(ids[i]), 0, "cancelled") for i in chunk]
+                else:
+                    gens = self._batch([ids[i] for i in chunk], params, rows)
+                for i, g in zip(chunk, gens):
                     out[i] = g
         self.usage.add(out, time.perf_counter() - start)
         return out
 
-    def _batch(self, ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+    def _batch(self, ids: list[list[int]], params: SamplingParams,
+               rows: list[threading.Event] | None = None) -> list[Generation]:  # fmt: skip
         tok = self.tokenizer
         batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt", padding_side="left").to(self.device)
         width = batch["input_ids"].shape[1]
@@ -95,7 +106,7 @@ class TransformersGenerator:
         if params.stop:
             kw.update(stop_strings=params.stop, tokenizer=tok)
         seqs = self.model.generate(**batch, max_new_tokens=max_new, do_sample=sample, pad_token_id=tok.pad_token_id,
-                                   top_k=None, stopping_criteria=[Cancelled(self.cancel)], **kw)  # fmt: skip
+                                   top_k=None, stopping_criteria=[Cancelled(self.cancel, rows)], **kw)  # fmt: skip
         return [self._decode(row[width:], len(p), max_new, params.stop) for row, p in zip(seqs, ids)]
 
     def _decode(self, new: torch.Tensor, n_prompt: int, max_new: int, stop: list[str]) -> Generation:

@@ -5,9 +5,10 @@ shape, for exact token counts) and `GET /health`. Concurrent requests with the s
 are micro-batched into one `generate` call. Bad input is a 4xx with an OpenAI error body, never a 500.
 
 One worker runs the model, so every request is bounded: at most `max_tokens` new tokens (a chat that names
-none gets a default), at most 4 stop strings of 64 characters, a body of at most MAX_BODY_BYTES (refused
-from its Content-Length, before reading), and the key checked before the body is parsed. On SIGTERM the
-running generation is cancelled after a short grace period rather than finished.
+none gets a default), at most one micro-batch of prompts, at most 4 stop strings of 64 characters, a body
+of at most MAX_BODY_BYTES (refused from its Content-Length, before reading), and the key checked before
+the body is parsed. A client that disconnects has its prompts dropped from the queue or stopped at their
+next token; on SIGTERM the running generation is cancelled after a short grace period, not finished.
 
 Example:
     >>> serve_llm("smollm2-135m", port=8000)  # doctest: +SKIP
@@ -16,15 +17,20 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import inspect
 import ipaddress
 import logging
 import os
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -139,7 +145,7 @@ class TokenizeRequest(BaseModel):
         return self
 
 
-def sampling_key(item: tuple[Prompt, SamplingParams]) -> tuple:
+def sampling_key(item: tuple[Prompt, SamplingParams, threading.Event]) -> tuple:
     """Requests share a `generate` call only when every sampling setting is equal."""
     p = item[1]
     return p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed
@@ -157,8 +163,18 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
 
-    def run_batch(items: list[tuple[Prompt, SamplingParams]]) -> list[Generation]:
-        return generator.generate([prompt for prompt, _ in items], items[0][1])
+    per_row = "cancelled" in inspect.signature(generator.generate).parameters
+
+    def run_batch(items: list[tuple[Prompt, SamplingParams, threading.Event]]) -> list[Generation]:
+        """Prompts whose client went away while queued are not run; those leaving mid-batch stop at their
+        next token (`cancelled`), while the rest of the batch goes on."""
+        out = [Generation("", 0, 0, "cancelled") for _ in items]
+        live = [n for n, (_, _, gone) in enumerate(items) if not gone.is_set()]
+        if live:
+            kw = {"cancelled": [items[n][2] for n in live]} if per_row else {}
+            for n, g in zip(live, generator.generate([items[n][0] for n in live], items[0][1], **kw)):
+                out[n] = g
+        return out
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=5, key=sampling_key)
 
@@ -168,22 +184,26 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
     app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY, code="invalid_api_key"))
     add_error_handlers(app)
     v1 = APIRouter(dependencies=[Depends(key_checker(api_key))])
-    add_routes(v1, generator, batcher, TokenBounds(max_tokens, min(default_max_tokens, max_tokens)))
+    add_routes(v1, generator, batcher, TokenBounds(max_tokens, min(default_max_tokens, max_tokens), max_batch))
     app.include_router(v1)
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": generator.name, "batches": batcher.batches, "prompts": batcher.items}
+        usage = getattr(generator, "usage", None)
+        return {"status": "ok", "model": generator.name, "batches": batcher.batches, "prompts": batcher.items,
+                "completion_tokens": getattr(usage, "completion_tokens", None)}  # fmt: skip
 
     return app
 
 
 @dataclass
 class TokenBounds:
-    """The most new tokens a request may ask for, and what a request that names none gets."""
+    """The most new tokens a request may ask for, what a request that names none gets, and the most prompts
+    one request may hold (one micro-batch: a list of 10,000 prompts would hold the worker for all of them)."""
 
     limit: int
     default: int
+    prompts: int = 16
 
     def check(self, asked: int | None, context: int) -> int:
         if asked is not None and asked > self.limit:
@@ -226,18 +246,24 @@ def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher, b
                  "context_length": generator.context_length, "max_model_len": generator.context_length}  # fmt: skip
         return {"object": "list", "data": [entry]}
 
+    # generation routes are async only to watch the connection: the blocking work runs in a worker thread
     @router.post("/v1/completions")
-    def completions(req: CompletionRequest) -> dict:
+    async def completions(req: CompletionRequest, request: Request) -> dict:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        gens = run_prompts(generator, batcher, prompts, req, bounds.check(req.max_tokens, generator.context_length))
+        if len(prompts) > bounds.prompts:
+            raise APIError(400, f"at most {bounds.prompts} prompts per request, got {len(prompts)}", "prompt")
+        max_tokens = bounds.check(req.max_tokens, generator.context_length)
+        gens = await while_connected(request, lambda gone: run_prompts(generator, batcher, prompts, req, max_tokens,
+                                                                       gone))  # fmt: skip
         choices = [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
                    for i, g in enumerate(gens)]  # fmt: skip
         return envelope("cmpl", "text_completion", generator.name, choices, gens)
 
     @router.post("/v1/chat/completions")
-    def chat(req: ChatRequest) -> dict:
+    async def chat(req: ChatRequest, request: Request) -> dict:
         max_tokens = bounds.check(req.max_completion_tokens or req.max_tokens, generator.context_length)
-        (g,) = run_prompts(generator, batcher, [[m.as_dict() for m in req.messages]], req, max_tokens)
+        chat = [[m.as_dict() for m in req.messages]]
+        (g,) = await while_connected(request, lambda gone: run_prompts(generator, batcher, chat, req, max_tokens, gone))
         choice = {"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason}
         return envelope("chatcmpl", "chat.completion", generator.name, [choice], [g])
 
@@ -248,8 +274,27 @@ def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher, b
         return {"count": generator.count_tokens(prompt), "max_model_len": generator.context_length}
 
 
+async def while_connected(request: Request, work: Callable[[threading.Event], list], poll_s: float = 0.05) -> list:
+    """Run `work(gone)` in a worker thread; `gone` is set once the client disconnects, or this request is
+    cancelled (uvicorn's shutdown), so the generation stops at its next token instead of running on for nobody."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(poll_s)
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        # abandon_on_cancel: a cancelled request returns at once (its `gone` stops the thread's generation)
+        return await anyio.to_thread.run_sync(work, gone, abandon_on_cancel=True)
+    finally:
+        gone.set()  # after an answer: harmless; after a cancellation: stops the generation
+        watcher.cancel()
+
+
 def run_prompts(generator: Generator, batcher: MicroBatcher, prompts: list[Prompt], req: Sampling,
-                max_tokens: int) -> list[Generation]:  # fmt: skip
+                max_tokens: int, gone: threading.Event | None = None) -> list[Generation]:  # fmt: skip
     """Check what would fail the whole batch (and so other clients' requests) before queueing."""
     check_model(generator, req.model)
     ctx = generator.context_length
@@ -261,7 +306,8 @@ def run_prompts(generator: Generator, batcher: MicroBatcher, prompts: list[Promp
             raise APIError(400, f"the prompt has {n} tokens; the model's context is {ctx} tokens",
                            "messages" if isinstance(prompt, list) else "prompt", "context_length_exceeded")  # fmt: skip
     try:
-        return batcher.submit_many([(p, req.params(max_tokens)) for p in prompts])
+        gone = gone or threading.Event()
+        return batcher.submit_many([(p, req.params(max_tokens), gone) for p in prompts])
     except InputError as e:
         raise APIError(400, str(e)) from e
     except BudgetExceeded as e:
