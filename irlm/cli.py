@@ -101,13 +101,10 @@ def encode(
 
 def _check_encoder_flags(backend: str, batch_size: int | None, dtype: str | None, device: str | None,
                          pooling: str | None = None) -> None:  # fmt: skip
-    from irlm.index.dense import BACKENDS
-    from irlm.models.pooling import POOLERS
-
-    opt.one_of(backend, BACKENDS, "--backend")
+    opt.one_of(backend, opt.BACKENDS, "--backend")
     opt.at_least(batch_size, 1, "--batch-size")
     opt.one_of(dtype, opt.DTYPES, "--dtype")
-    opt.one_of(pooling, (*POOLERS, "token"), "--pooling")
+    opt.one_of(pooling, opt.POOLINGS, "--pooling")
     opt.device(device)
 
 
@@ -148,12 +145,13 @@ def index(
 def _build(kind: str, data: str, model: str, device: str | None, backend: str = "exact", **kw):
     from irlm.data import load_dataset
     from irlm.index import BM25Retriever, DenseRetriever
-    from irlm.models import LLMEncoder
 
     corpus = load_dataset(data).corpus
     if kind == "bm25":
         return BM25Retriever.build(corpus)
     if kind == "dense":
+        from irlm.models import LLMEncoder  # torch: only dense systems pay for it
+
         return DenseRetriever.build(corpus, LLMEncoder.from_pretrained(model, device=device, **kw), backend)
     raise InputError(f"unknown retriever '{kind}'; choose bm25, dense or hybrid")
 

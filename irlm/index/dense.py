@@ -19,7 +19,7 @@ from irlm.index.check import check_ids, damaged, digest, load_array, read_json, 
 from irlm.types import Run
 from irlm.utils import atomic_path
 
-BACKENDS = ("exact", "flat", "hnsw")
+from irlm.options import BACKENDS  # one list for the CLI checks and the index
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 65536):

@@ -10,7 +10,6 @@ from irlm.errors import InputError
 from irlm.index import fusion
 from irlm.index.bm25 import BM25Index
 from irlm.index.check import read_json, read_meta
-from irlm.index.dense import DenseIndex
 from irlm.types import Corpus, Queries, Run
 from irlm.utils import atomic_path
 
@@ -43,11 +42,13 @@ class DenseRetriever:
 
     kind = "dense"
 
-    def __init__(self, encoder, index: DenseIndex):
+    def __init__(self, encoder, index):
         self.encoder, self.index = encoder, index
 
     @classmethod
     def build(cls, corpus: Corpus, encoder, backend: str = "exact", batch_size: int | None = None):
+        from irlm.index.dense import DenseIndex  # imported here: BM25-only commands never load torch
+
         vectors = encoder.encode_corpus(corpus.texts(), batch_size=batch_size)
         index = DenseIndex(encoder.dim, backend, meta={"encoder": asdict(encoder.config)})
         index.add(corpus.ids, vectors)
@@ -63,6 +64,7 @@ class DenseRetriever:
 
     @classmethod
     def load(cls, folder, device: str | None = None, encoder=None) -> DenseRetriever:
+        from irlm.index.dense import DenseIndex
         from irlm.models.encoder import LLMEncoder
 
         index = DenseIndex.load(folder)
