@@ -10,8 +10,10 @@ stage, so `model: ${prune}/final` feeds one stage's output to the next:
       - {name: anchor, kind: train, method: anchor, config: recipes/anchor-scifact-tiny.yaml}
       - {name: report, kind: report}
 
-Each stage's hash covers its settings and the hash of the stage before it, so a changed stage
-re-runs with every stage after it. A stage is recorded in `state.json` only when it finishes; a
+Each stage's hash covers its settings, the config file it names, the size and time of every file
+it reads by path (in its settings or that config file), and the hashes of the stages it references
+through `${name}` (a report: of every stage before it). So a changed stage re-runs with the stages that
+use it, and no others. A stage is recorded in `state.json` only when it finishes; a
 killed run starts again at the first unrecorded stage, and stages that keep checkpoints in their
 folder (training, augmentation) resume inside it.
 """
@@ -36,12 +38,41 @@ REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
 STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def stage_hash(stage: dict, previous: str) -> str:
-    """The stage's settings, the text of the config file it names (an edit there changes the stage
-    too) and the hash of the stage before it."""
+def stage_hash(stage: dict, upstream: dict[str, str]) -> str:
+    """The stage's settings, the text of the config file it names, the size and modification time of the
+    files it reads by path, and `upstream`: {name: hash} of the stages it depends on."""
     config = Path(str(stage.get("config", "")))
-    text = json.dumps(stage, sort_keys=True) + previous + (config.read_text() if config.is_file() else "")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = config.read_text() if config.is_file() else ""
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in read_files(stage, text)]
+    parts = [json.dumps(stage, sort_keys=True), text, json.dumps(stamps), json.dumps(upstream, sort_keys=True)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [s for item in items for s in _strings(item)]
+
+
+def read_files(stage: dict, config_text: str = "") -> list[Path]:
+    """Files named by path in the stage's settings or its config file (augment_files, a data file)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_text) if config_text else None
+    except yaml.YAMLError:
+        config = None  # load_config reports it with its line when the stage runs
+    names = [s for s in _strings([stage, config]) if s and "${" not in s and len(s) < 4096]
+    return sorted({Path(s) for s in names if Path(s).is_file()} - {Path(str(stage.get("config", "")))})
+
+
+def dependencies(stage: dict, earlier: list[str]) -> list[str]:
+    """The earlier stages this one uses: those its settings reference, or all of them for a report."""
+    if stage.get("kind") == "report":
+        return list(earlier)
+    named = set(REF.findall(json.dumps(stage)))
+    return [n for n in earlier if n in named]
 
 
 def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
@@ -149,23 +180,22 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     claim_run_dir(run_dir)
     state_path = run_dir / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() and not force else {}
-    previous, folders, stale = "", {}, False
+    hashes, folders = {}, {}
     for st in stages:
-        h = stage_hash(st, previous)
+        h = stage_hash(st, {n: hashes[n] for n in dependencies(st, list(hashes))})
         folder = run_dir / st["name"]
         folders[st["name"]] = folder
         done = state.get(st["name"])
-        if not stale and done and done.get("hash") == h:
+        if done and done.get("hash") == h:
             log.info("stage %s: unchanged, skipped", st["name"])
         else:
-            stale = True  # this stage runs, so every later stage must too
             log.info("stage %s (%s): running", st["name"], st["kind"])
             claim(folder, h, fresh=force)
             settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
             result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
             state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}
             write_json(state_path, state)  # atomic: a kill never leaves a half-written record
-        previous = h
+        hashes[st["name"]] = h
     for name in [n for n in state if n not in folders]:
         state.pop(name)  # stages removed from the recipe
     write_json(state_path, state)

@@ -51,14 +51,48 @@ def test_finished_stages_are_skipped(tmp_path, marks):
     assert marks == ["a", "b", "c"] * 2
 
 
-def test_a_changed_stage_reruns_with_every_later_stage(tmp_path, marks):
+def test_a_changed_stage_reruns_with_the_stages_that_reference_it(tmp_path, marks):
     pipeline.run_pipeline(recipe(tmp_path))
-    state = pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 3)))
-    assert marks == ["a", "b", "c", "b", "c"]
-    assert state["b"]["result"]["value"] == 20
+    state = pipeline.run_pipeline(recipe(tmp_path, values=(10, 2, 3)))  # b reads ${a}; c uses neither
+    assert marks == ["a", "b", "c", "a", "b"]
+    assert state["a"]["result"]["value"] == 10
     saved = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert saved["c"]["hash"] == pipeline.stage_hash(yaml.safe_load(recipe(tmp_path, (1, 20, 3)).read_text())["stages"][2],
-                                                     saved["b"]["hash"])
+    stages = yaml.safe_load(recipe(tmp_path, (10, 2, 3)).read_text())["stages"]
+    assert saved["b"]["hash"] == pipeline.stage_hash(stages[1], {"a": saved["a"]["hash"]})
+
+
+def test_editing_an_unrelated_earlier_stage_reruns_nothing_after_it(tmp_path, marks):
+    pipeline.run_pipeline(recipe(tmp_path))
+    pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 3)))  # nobody references b
+    assert marks == ["a", "b", "c", "b"]
+
+
+def test_a_report_reruns_when_any_stage_ran(tmp_path, marks):
+    path = recipe(tmp_path)
+    body = yaml.safe_load(path.read_text())
+    body["stages"].append({"name": "r", "kind": "mark", "value": 0})
+    body["stages"][-1]["kind"] = "report"
+    assert pipeline.dependencies(body["stages"][-1], ["a", "b", "c"]) == ["a", "b", "c"]
+    assert pipeline.dependencies(body["stages"][1], ["a"]) == ["a"]
+    assert pipeline.dependencies(body["stages"][2], ["a", "b"]) == []
+
+
+def test_touching_a_file_read_by_path_reruns_the_stage_that_reads_it(tmp_path, marks):
+    data = tmp_path / "crops.jsonl"
+    data.write_text("{}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"augment_files": [str(data)]}))
+    path = tmp_path / "r.yaml"
+    stages = [{"name": "a", "kind": "mark", "value": 1, "config": str(config)},
+              {"name": "b", "kind": "mark", "value": 2, "input": str(data)},
+              {"name": "c", "kind": "mark", "value": 3}]  # fmt: skip
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    pipeline.run_pipeline(path)
+    pipeline.run_pipeline(path)
+    assert marks == ["a", "b", "c"]
+    data.write_text("{}\n{}\n")  # new content: both readers re-run, c does not
+    pipeline.run_pipeline(path)
+    assert marks == ["a", "b", "c", "a", "b"]
 
 
 def test_a_killed_run_resumes_at_the_unfinished_stage(tmp_path):
