@@ -291,7 +291,38 @@ def fuse(
     write_trec(fused, out, tag=f"fused-{method}")
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train retrievers (one shared loop, many methods).")
+config_app = typer.Typer(no_args_is_help=True, help="The settings of each method and stage.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """Names whose settings `irlm config show NAME` describes."""
+    from irlm.configs import NAMES
+
+    print("\n".join(NAMES))
+
+
+@config_app.command("show")
+def config_show(
+    name: str = typer.Argument(..., help="A method or stage: see `irlm config list`."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per setting."),
+) -> None:
+    """Every setting of NAME: type, default and why (a recipe YAML or `--set key=value` fills them)."""
+    from irlm.configs import config_class, describe
+
+    rows = describe(config_class(name))
+    if as_json:
+        print("\n".join(json.dumps(r, default=str) for r in rows))
+        return
+    table = Table("setting", "type", "default", "help")
+    for r in rows:
+        table.add_row(r["name"], r["type"], repr(r["default"]), r["help"])
+    Console(width=160).print(table)
+
+
+TRAIN_HELP = "Train retrievers (one shared loop, many methods); `irlm config show METHOD` lists every setting."
+train_app = typer.Typer(no_args_is_help=True, help=TRAIN_HELP)
 app.add_typer(train_app, name="train")
 SetOpt = typer.Option(None, "--set", help="Override a config field: --set stage2_steps=10 (repeatable).")
 
@@ -424,12 +455,16 @@ def serve_cmd(
     batch_size: int = typer.Option(16, help="Concurrent requests micro-batched into one search or encode call."),
     data: str | None = typer.Option(None, help="Self-Retrieval only: the corpus the model memorised."),
     device: str | None = DeviceOpt,
+    model_name: str | None = typer.Option(None, "--model-name",
+                                          help="The model id /v1/models lists and /v1/embeddings expects "
+                                               "(default: the encoder's model name or path)."),  # fmt: skip
 ) -> None:
-    """Serve a retriever: POST /search, POST /encode, GET /health, GET /metrics."""
+    """Serve a retriever: POST /search, POST /encode, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics."""
     from irlm.serve import serve
 
     _check_server_flags(port, batch_size, device)
-    serve(index, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device, data=data)
+    serve(index, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device, data=data,
+          model_name=model_name)  # fmt: skip
 
 
 def _check_server_flags(port: int, batch_size: int, device: str | None) -> None:

@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from irlm.configs import CONFIGS, TRAINERS
 from irlm.errors import InputError
 from irlm.utils import check_output, clean_stale_temporaries, did_you_mean, mark_as_irlm, read_yaml, write_json
 
@@ -244,21 +245,6 @@ def stage_pretrain(s: dict, folder: Path, run_dir: Path) -> dict:
     from irlm.methods.drama.pretrain import pretrain
 
     return _brief(pretrain(_config(PretrainConfig, s, output_dir=str(folder))))
-
-
-TRAINERS = {  # method -> (config module, config class, train module)
-    "anchor": ("irlm.methods.anchor.config", "AnchorConfig", "irlm.methods.anchor.train"),
-    "drama": ("irlm.methods.drama.config", "RetrieverConfig", "irlm.methods.drama.train"),
-    "selfretrieval": ("irlm.methods.selfretrieval.config", "SelfRetrievalConfig", "irlm.methods.selfretrieval.train"),
-    "reasoning": ("irlm.methods.reasoning.config", "ReasoningConfig", "irlm.methods.reasoning.train"),
-}
-
-
-CONFIGS = {  # stage kind -> (config module, config class, the field that names the stage's output)
-    "augment": ("irlm.methods.drama.config", "AugmentConfig", "out"),
-    "prune": ("irlm.methods.drama.config", "PruneConfig", "output_dir"),
-    "pretrain": ("irlm.methods.drama.config", "PretrainConfig", "output_dir"),
-}
 
 
 def config_class(kind: str, settings: dict):
