@@ -93,6 +93,74 @@ def test_export_folds_the_kept_gate_values(tmp_path, kind, tie):
         torch.testing.assert_close(small(input_ids=ids).logits, masked, atol=2e-5, rtol=1e-5)
 
 
+def run_prune(out, steps: int, harden: float, until: int | None = None) -> PruneTask:
+    """A short prune of the tiny Llama in `out`, through Trainer.fit (resuming from `out`'s checkpoints), or
+    stopped after `until` steps with a checkpoint, as a kill after a save would leave it."""
+    task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1, harden=harden,
+                     output_dir=out)  # fmt: skip
+    cfg = TrainConfig(output_dir=str(out), max_steps=steps, batch_size=8, precision="fp32", save_every=0,
+                      warmup_ratio=0.0)  # fmt: skip
+    trainer = Trainer(task, blocks(), cfg)
+    if until is None:
+        trainer.fit()
+    else:
+        for _ in range(until):
+            trainer.train_step()
+        trainer.save_checkpoint()
+    return task
+
+
+def test_every_prune_run_reports_the_export_gap(tmp_path):
+    """With hardening, without it (the soft model measured at the end), and resumed inside the hardening
+    phase (the soft model's loss read back from prune_probe.json): each run writes the same report."""
+    run_prune(tmp_path / "whole", steps=20, harden=0.25)
+    whole = json.loads((tmp_path / "whole" / "final" / "prune_report.json").read_text())
+    run_prune(tmp_path / "killed", steps=20, harden=0.25, until=17)  # hardening began at step 15
+    run_prune(tmp_path / "killed", steps=20, harden=0.25)
+    resumed = json.loads((tmp_path / "killed" / "final" / "prune_report.json").read_text())
+    assert resumed == pytest.approx(whole, abs=1e-5)
+    assert whole["export_gap"] == pytest.approx(whole["lm_export"] - whole["lm_soft"])
+    run_prune(tmp_path / "soft", steps=10, harden=0.0)
+    soft = json.loads((tmp_path / "soft" / "final" / "prune_report.json").read_text())
+    assert set(soft) == {"lm_soft", "lm_masked", "lm_export", "export_gap"}
+    assert soft["lm_export"] == pytest.approx(soft["lm_masked"], abs=1e-4)  # the export is the 0/1-masked model
+
+
+def test_the_prune_config_reaches_the_task(tmp_path, monkeypatch):
+    """PruneConfig's harden and constrain_params (and output_dir, where the probe survives a restart)."""
+    from transformers import AutoTokenizer
+
+    from irlm.methods.drama import pretrain
+    from irlm.methods.drama.config import PruneConfig
+    from irlm.models.resolve import resolve_model
+
+    tiny("llama").save_pretrained(tmp_path / "base")
+    AutoTokenizer.from_pretrained(resolve_model("smollm2-135m")).save_pretrained(tmp_path / "base")
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(pretrain, "PruneTask", fake)
+    cfg = PruneConfig(model=str(tmp_path / "base"), output_dir=str(tmp_path / "out"), layers=2, hidden=16,
+                      kv_heads=1, intermediate=24, text=["unused"], harden=0.5, constrain_params=True)  # fmt: skip
+    with pytest.raises(Built):
+        pretrain.prune(cfg)
+    assert (seen["harden"], seen["constrain_params"], seen["output_dir"]) == (0.5, True, str(tmp_path / "out"))
+
+
+def test_export_does_not_import_prune():
+    """export.py knows shapes and weights; prune.py (the masks) imports it, never the other way."""
+    code = ("import sys, irlm.methods.drama.export\n"
+            "print('irlm.methods.drama.prune' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False"]
+
+
 def test_the_parameter_count_is_constrained_when_asked():
     task = PruneTask(tiny("llama"), None, TARGET, lr=1e-3, mask_lr=0.1, lambda_lr=0.1, constrain_params=True)
     assert task.final_goal["params"] == pytest.approx(0.125) and "params_1" in task.lambdas
@@ -165,12 +233,22 @@ def test_prune_and_pretrain_commands(tmp_path, toy_beir):
               "--set", "precision=fp32"]  # fmt: skip
     prune = [sys.executable, "-m", "irlm.cli", "prune", "--set", f"model={tmp_path / 'base'}", "--set",
              f"output_dir={tmp_path / 'pruned'}", "--set", "layers=2", "--set", "hidden=16", "--set", "kv_heads=1",
-             "--set", "intermediate=24", *common]  # fmt: skip
+             "--set", "intermediate=24", "--set", "harden=0.5", "--set", "constrain_params=true", *common]  # fmt: skip
     res = subprocess.run(prune, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "pruned" / "summary.json").read_text())
     assert summary["shape"] == {"layers": 2, "hidden": 16, "kv_heads": 1, "intermediate": 24}
     assert summary["ratio"] < 0.3
+    # the prune config's hardening and parameter constraint reach the task, and the gap is reported
+    assert set(summary["prune_report"]) == {"lm_soft", "lm_masked", "lm_export", "export_gap"}
+    assert '"export_gap"' in res.stdout
+    log = [json.loads(line) for line in open(tmp_path / "pruned" / "log.jsonl")]
+    assert ["fade" in row for row in log] == [False, True, True]  # harden 0.5 of 3 steps: the last 2
+    from safetensors import safe_open
+
+    ckpt = next((tmp_path / "pruned" / "checkpoints").glob("step-*")) / "trainable.safetensors"
+    with safe_open(ckpt, "pt") as f:
+        assert "lambdas.params_1" in f.keys()  # constrain_params: the parameter count has its multipliers
     pretrain = [sys.executable, "-m", "irlm.cli", "pretrain", "--set", f"model={tmp_path / 'pruned' / 'final'}",
                 "--set", f"output_dir={tmp_path / 'recovered'}", *common]  # fmt: skip
     res = subprocess.run(pretrain, capture_output=True, text=True, timeout=300)

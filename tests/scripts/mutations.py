@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/scripts/mutations.py            # every mutation
     .venv/bin/python tests/scripts/mutations.py -k resume  # those whose name contains "resume"
+    .venv/bin/python tests/scripts/mutations.py -k "prf|prune"  # several: separated by |
 
 Each mutation is made in a scratch copy of irlm/ and tests/, never in the checkout, so the check is safe
 to run while others work in it and leaves nothing to restore if it is killed. The unmutated copy runs
@@ -86,6 +87,22 @@ MUTATIONS = [
     Mutation("tied head not unfolded through the final norm", "irlm/methods/drama/export.py",
              "if _tied(cfg) else torch.ones_like(z_h)", "if False else torch.ones_like(z_h)",
              ["tests/integration/test_prune.py::test_export_folds_the_kept_gate_values"]),
+    Mutation("prune config's hardening not passed to the task", "irlm/methods/drama/pretrain.py",
+             "harden=cfg.harden, ", "",
+             ["tests/integration/test_prune.py::test_the_prune_config_reaches_the_task"]),
+    Mutation("parameter count never constrained", "irlm/methods/drama/prune.py",
+             "        if constrain_params:\n", "        if False:\n",
+             ["tests/integration/test_prune.py::test_the_parameter_count_is_constrained_when_asked"]),
+    Mutation("resumed prune run forgets the soft model's loss", "irlm/methods/drama/prune.py",
+             "if harden > 0 and self.probe_file and self.probe_file.is_file():", "if False:",
+             ["tests/integration/test_prune.py::test_every_prune_run_reports_the_export_gap"]),
+    # the keyword teacher without an LLM (issue 17, item 4)
+    Mutation("PRF term weights without idf", "irlm/methods/reasoning/prf.py",
+             "self.idf[key] * tf * (K1 + 1)", "tf * (K1 + 1)",
+             ["tests/unit/test_reasoning_prf.py::test_positive_feedback_weighs_the_positives_words_by_bm25"]),
+    Mutation("PRF keywords lightest first", "irlm/methods/reasoning/prf.py",
+             "key=lambda word: (-w[word], order[word])", "key=lambda word: (w[word], order[word])",
+             ["tests/unit/test_reasoning_prf.py::test_bm25_feedback_takes_bm25s_top_documents"]),
     Mutation("frozen parameters moved by momentum across processes", "irlm/train/loop.py",
              "p.grad = g.view_as(p).clone() if n else None", "p.grad = g.view_as(p).clone()",
              ["tests/integration/test_train_loop.py::test_a_parameter_without_gradient_stays_put_across_processes"]),
@@ -132,17 +149,20 @@ def check(copy: Path, m: Mutation) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-k", default="", help="only mutations whose name contains this")
-    chosen = [m for m in MUTATIONS if ap.parse_args().k.lower() in m.name.lower()]
+    ap.add_argument("-k", default="", help="only mutations whose name contains this (several: a|b)")
+    keys = ap.parse_args().k.lower().split("|")
+    chosen = [m for m in MUTATIONS if any(k in m.name.lower() for k in keys)]
+    if not chosen:
+        raise SystemExit(f"no mutation's name contains {' or '.join(map(repr, keys))}")
     copy = scratch_copy()
+    width, results = max(len(m.name) for m in chosen), []
     try:
-        results = [(m, check(copy, m)) for m in chosen]
+        for m in chosen:  # each verdict printed as it comes: a full run takes many minutes on 2 cores
+            results.append(check(copy, m))
+            print(f"{m.name:<{width}}  {results[-1]:<14}  {' '.join(t.split('::')[-1] for t in m.tests)}", flush=True)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
-    width = max(len(m.name) for m, _ in results)
-    for m, verdict in results:
-        print(f"{m.name:<{width}}  {verdict:<14}  {' '.join(t.split('::')[-1] for t in m.tests)}")
-    sys.exit(0 if all(v == "caught" for _, v in results) else 1)
+    sys.exit(0 if all(v == "caught" for v in results) else 1)
 
 
 if __name__ == "__main__":

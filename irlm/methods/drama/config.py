@@ -127,15 +127,15 @@ class PruneConfig:
 class PretrainConfig:
     """Recovery: continued next-token pretraining of a pruned model (paper: after pruning, before InfoNCE)."""
 
-    model: str = "runs/drama/prune/final"
-    text: list[str] = field(default_factory=lambda: ["scifact", "nq-open-oracle", "cranfield"])
+    model: str = "runs/drama/prune/final"  # the pruned model to recover (a prune stage's output_dir/final)
+    text: list[str] = field(default_factory=lambda: ["scifact", "nq-open-oracle", "cranfield"])  # corpora as LM text
     output_dir: str = "runs/drama/pretrain"  # the recovered model is written to output_dir/final
-    steps: int = 100
-    block_size: int = 256
-    max_blocks: int = 0
-    batch_size: int = 8
-    lr: float = 1e-4
-    precision: str = "bf16"
+    steps: int = 100  # optimizer steps; tokens seen = steps x batch_size x block_size
+    block_size: int = 256  # tokens per training block (texts are concatenated, then cut)
+    max_blocks: int = 0  # > 0: use only the first N blocks of text (a quick run)
+    batch_size: int = 8  # blocks per step
+    lr: float = 1e-4  # Sheared-LLaMA continued pretraining used 1e-4
+    precision: str = "bf16"  # bf16 autocast or fp32 (fp32 is faster on CPUs without native bf16)
     seed: int = 42
-    save_every: int = 50
-    device: str | None = None
+    save_every: int = 50  # checkpoint every N steps (resumable)
+    device: str | None = None  # cpu, cuda, cuda:N; default: CUDA when present

@@ -58,9 +58,16 @@ def prune(cfg: PruneConfig) -> dict:
     full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
     model, tok = load_lm(cfg.model, cfg.device)
     before = non_embedding_params(model)
-    task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup)
+    if not 0.0 <= cfg.harden < 1.0:
+        raise InputError(f"harden is the share of steps that hardens the gates, in [0, 1), not {cfg.harden}",
+                         field="harden")  # fmt: skip
+    task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup,
+                     harden=cfg.harden, constrain_params=cfg.constrain_params, output_dir=cfg.output_dir)  # fmt: skip
     history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
-    return _summary(cfg, "prune", history, before, Path(cfg.output_dir) / "final", full)
+    final = Path(cfg.output_dir) / "final"
+    report = final / "prune_report.json"  # the export's LM loss beside the soft model's (PruneTask.save)
+    extra = {"prune_report": json.loads(report.read_text()) if report.is_file() else None}
+    return _summary(cfg, "prune", history, before, final, full, extra)
 
 
 def check_target(cfg: PruneConfig, config) -> tuple[Shape, Shape]:
@@ -83,7 +90,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     return _summary(cfg, "pretrain", history, non_embedding_params(model), Path(cfg.output_dir) / "final")
 
 
-def _summary(cfg, stage: str, history: list[dict], before: int, final: Path, full: Shape | None = None) -> dict:
+def _summary(cfg, stage: str, history: list[dict], before: int, final: Path, full: Shape | None = None,
+             extra: dict | None = None) -> dict:  # fmt: skip
     if world()[0] != 0:
         return {}
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -93,7 +101,8 @@ def _summary(cfg, stage: str, history: list[dict], before: int, final: Path, ful
     out = {"stage": stage, "config": asdict(cfg), "model": str(final), "shape": asdict(Shape.of(small.config)),
            "full_shape": asdict(full) if full else None, "non_embedding_params": after,
            "non_embedding_params_before": before, "ratio": round(after / before, 4),
-           "final": history[-1] if history else None}  # fmt: skip
+           "final": history[-1] if history else None, **(extra or {})}  # fmt: skip
     write_json(Path(cfg.output_dir) / "summary.json", out)
-    print(json.dumps({k: out[k] for k in ("stage", "model", "shape", "non_embedding_params", "ratio")}))
+    shown = ("stage", "model", "shape", "non_embedding_params", "ratio", *(extra or {}))
+    print(json.dumps({k: out[k] for k in shown}))
     return out

@@ -12,7 +12,10 @@ left the head groups at 0.46 for a target of 0.5 and the parameters at 0.16 for 
 A hardening phase ends the run: the gates freeze at their deterministic values, the structures outside
 the target shape fade to exactly 0 while the weights keep training, so the model that finishes training
 is the one `export_pruned` writes (kept gate values folded into the weights, export.py). `save` reports
-the LM loss of the soft model before hardening, of the final masked model and of the export.
+the LM loss of the soft model before hardening, of the final masked model and of the export, and their
+gap (`prune_report.json`), at the end of every run: a run without hardening (`harden: 0`) measures the
+soft model at its end, and a run resumed inside the hardening phase reads the soft model's loss from
+`prune_probe.json`, written when hardening began.
 
     irlm prune --config recipes/drama-prune-tiny.yaml
 """
@@ -230,7 +233,7 @@ class PruneTask:
 
     def __init__(self, model, tokenizer, target: Shape, lr: float, mask_lr: float, lambda_lr: float,
                  init_keep: float = 0.95, target_warmup: float = 0.5, harden: float = 0.2,
-                 constrain_params: bool = False):  # fmt: skip
+                 constrain_params: bool = False, output_dir: str | Path | None = None):  # fmt: skip
         from irlm.losses.lm import next_token_loss
 
         self.model, self.tokenizer, self.target = model, tokenizer, target
@@ -244,6 +247,12 @@ class PruneTask:
         self.lrs, self.loss_fn = (lr, mask_lr, lambda_lr), next_token_loss
         self.report: dict[str, float] = {}
         self.probe: list | None = None  # the first hardening batch: every loss of the report is measured on it
+        self.last: list | None = None  # the latest batch: the probe of a run without hardening
+        # where the probe and the soft model's loss on it survive a restart inside the hardening phase
+        self.probe_file = Path(output_dir) / "prune_probe.json" if output_dir else None
+        if harden > 0 and self.probe_file and self.probe_file.is_file():
+            saved = json.loads(self.probe_file.read_text())
+            self.probe, self.report["lm_soft"] = saved["probe"], saved["lm_soft"]
 
     def _params_goal(self) -> float:
         return self.masks.params_of(self.target) / self.masks.params_of(self.masks.full)
@@ -256,6 +265,8 @@ class PruneTask:
         self.goal = {k: 1.0 - (1.0 - t) * frac for k, t in self.final_goal.items()}
         start = max_steps - round(self.harden * max_steps)
         self.fade = (step - start + 1) / (max_steps - start) if step >= start else None
+        if step == start:  # (re)measured whenever the run passes the start of hardening
+            self.probe = None
         if self.fade is not None:
             self.masks.harden(self.target, self.fade)
         else:
@@ -277,6 +288,7 @@ class PruneTask:
 
     def step(self, examples: list[list[int]], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
         ids = torch.tensor(examples, dtype=torch.long, device=self.model.device)  # (B, T)
+        self.last = examples
         if self.fade is not None:
             return self._hardening_step(examples, ids, scale)
         self.masks.train()
@@ -292,6 +304,7 @@ class PruneTask:
         """LM loss alone under the fixed gates: masks and multipliers get no gradient, so they stay put."""
         if self.probe is None:  # the soft model as it left the gate-learning phase
             self.probe, self.report["lm_soft"] = examples, self.lm_loss(ids, fade=0.0)
+            self._keep_probe()
         lm = self.loss_fn(self.model(input_ids=ids).logits, ids)
         (lm * scale).backward()
         kept = {f"keep_{k}": v.item() for k, v in self.masks.expected().items()}
@@ -314,12 +327,26 @@ class PruneTask:
         small = export_pruned(self.model, sel, self.target, folder, self.tokenizer, gates)
         save_file({n: p.detach().cpu().contiguous() for n, p in self.masks.named_parameters()},
                   f"{folder}/masks.safetensors")  # fmt: skip
-        if self.probe is not None:  # not when a resumed run started inside the hardening phase
-            self._write_report(small, Path(folder))
+        if self.probe is None and self.fade is None and self.last is not None:  # no hardening phase
+            self.probe, self.report["lm_soft"] = self.last, self.lm_loss(self._ids(self.last), fade=0.0)
+        if self.probe is None:  # only a rerun of a finished run that never hardened and has no probe file
+            print(json.dumps({"prune_report": None, "why": "no probe batch: the run took no step"}))
+            return
+        self._write_report(small, Path(folder))
+
+    def _ids(self, examples: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(examples, dtype=torch.long, device=self.model.device)
+
+    def _keep_probe(self) -> None:
+        from irlm.train.loop import world
+        from irlm.utils import write_json
+
+        if self.probe_file is not None and world()[0] == 0:
+            write_json(self.probe_file, {"probe": self.probe, "lm_soft": self.report["lm_soft"]})
 
     def _write_report(self, small, folder: Path) -> None:
         """LM losses on the probe batch: the soft model before hardening, the masked model as trained, the export."""
-        ids = torch.tensor(self.probe, dtype=torch.long, device=self.model.device)
+        ids = self._ids(self.probe)
         with torch.no_grad():
             exported = self.loss_fn(small(input_ids=ids).logits, ids).item()
         report = {**self.report, "lm_masked": self.lm_loss(ids, fade=1.0), "lm_export": exported}

@@ -15,7 +15,11 @@ class ReasoningConfig:
     eval_data: list[str] = field(default_factory=lambda: ["scifact"])
     output_dir: str = "runs/reasoning"
     reasoning_file: str = "runs/reasoning/reasoning.jsonl"  # written by stage data, read by coldstart
-    teacher: str = "smollm2-135m"  # stage data: model name/folder or http://host:port/v1[#model]
+    # stage data: model name/folder or http://host:port/v1[#model] (an LLM reasons, keywords.condense cuts it),
+    # or a teacher without an LLM (prf.py): prf-bm25 (salient words of BM25's top prf_docs documents) or
+    # prf-positive (salient words of the query's judged positive)
+    teacher: str = "smollm2-135m"
+    prf_docs: int = 3  # prf-bm25: feedback documents per query
     reasoning_tokens: int = 16  # LREM: reasoning of at most 16 tokens
     max_keywords: int = 16
     max_length: int = 128

@@ -20,6 +20,7 @@ from irlm.errors import InputError
 from irlm.methods.reasoning.config import ReasoningConfig
 from irlm.methods.reasoning.keywords import condense, render
 from irlm.methods.reasoning.model import ReasoningEmbedder
+from irlm.methods.reasoning.prf import PRF_VERSION, PRFTeacher, is_prf
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
 from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
@@ -48,15 +49,45 @@ def pairs(data: str, split: str) -> list[dict]:
 
 
 def make_reasoning(cfg: ReasoningConfig) -> dict:
-    """Teacher reasoning per train query, condensed to keywords; appended to reasoning_file, resumable."""
-    from irlm.models.generator import load_generator
-
+    """Teacher reasoning per train query, condensed to keywords; appended to reasoning_file, resumable.
+    An LLM teacher reasons and `condense` cuts it; a PRF teacher (prf.py) writes the keywords itself."""
     out = Path(cfg.reasoning_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_line(out)
-    done = {json.loads(line)["query_id"] for line in out.open()} if out.exists() else set()
+    rows = [json.loads(line) for line in out.open()] if out.exists() else []
+    other = {r.get("teacher") for r in rows} - {cfg.teacher}
+    if other:  # a resumed file must hold one teacher's rows, or a cold start would mix two teachers
+        raise InputError(f"{out} holds rows of teacher {', '.join(sorted(map(str, other)))}, not '{cfg.teacher}': "
+                         "give this teacher its own reasoning_file", field="reasoning_file")  # fmt: skip
+    done = {r["query_id"] for r in rows}
     todo = list({p["query_id"]: p for p in pairs(cfg.data, cfg.train_split)}.values())  # one per query
     todo = [p for p in todo[: cfg.max_queries or None] if p["query_id"] not in done]
+    if is_prf(cfg.teacher):
+        _prf_reasoning(cfg, todo, out)
+    else:
+        _llm_reasoning(cfg, todo, out)
+    total = sum(1 for _ in out.open())
+    return {"reasoning_file": str(out), "examples": total, "this_run": len(todo)}
+
+
+def _prf_reasoning(cfg: ReasoningConfig, todo: list[dict], out: Path) -> None:
+    """Rows as the LLM teacher's (reasoning, raw, teacher, prompt_version), plus the feedback documents;
+    `raw` holds the kept words with their weights, the teacher's own output."""
+    teacher = PRFTeacher({d.id: d.full_text() for d in load_dataset(cfg.data).corpus.docs}, cfg.teacher,
+                         cfg.prf_docs, cfg.max_keywords)  # fmt: skip
+    with out.open("a", encoding="utf-8") as f:
+        for p in tqdm(todo, desc="reasoning (prf)", unit="query"):
+            keywords, weights, docs = teacher.keywords(p["query_id"], p["query"], p["positive_id"])
+            raw = "; ".join(f"{w} {v:g}" for w, v in weights.items())
+            row = {**p, "reasoning": render(keywords), "raw": raw, "teacher": cfg.teacher,
+                   "prompt_version": PRF_VERSION, "feedback": docs}  # fmt: skip
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def _llm_reasoning(cfg: ReasoningConfig, todo: list[dict], out: Path) -> None:
+    from irlm.models.generator import load_generator
+
     gen = load_generator(cfg.teacher, device=cfg.device)
     with out.open("a", encoding="utf-8") as f:
         for i in tqdm(range(0, len(todo), 8), desc="reasoning", unit="batch"):
@@ -70,8 +101,6 @@ def make_reasoning(cfg: ReasoningConfig) -> dict:
                        "prompt_version": PROMPT_VERSION}  # fmt: skip
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
-    total = sum(1 for _ in out.open())
-    return {"reasoning_file": str(out), "examples": total, "this_run": len(todo)}
 
 
 def drop_torn_line(path: Path) -> None:
