@@ -37,7 +37,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from irlm.errors import InputError
-from irlm.utils import atomic_path
+from irlm.utils import atomic_path, bf16_is_faster, did_you_mean
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -50,16 +52,27 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 32  # examples per optimizer step, summed over processes
     grad_accum: int = 1  # micro-batches per step on each process
-    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) or fp32
+    # auto: bf16 autocast where a bf16 matmul beats fp32 on this device (GPUs, CPUs with native bf16), else
+    # fp32; on AVX2-only CPUs bf16 autocast trains about 20x slower than fp32 (bench/train.py)
+    precision: str = "auto"  # auto | bf16 (autocast, fp32 master weights) | fp32
     max_grad_norm: float = 1.0
     save_every: int = 50  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2
     log_every: int = 1
     seed: int = 42
 
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision: unknown value '{self.precision}'; choose {', '.join(PRECISIONS)}")
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """A TrainConfig from a mapping; an unknown key is refused with the nearest valid name."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            hint = did_you_mean(unknown[0], list(cls.__dataclass_fields__))
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}{hint}")
+        return cls(**d)
 
 
 def world() -> tuple[int, int]:
@@ -146,10 +159,18 @@ def cosine_warmup(total: int, warmup_ratio: float):
 SCHEDULES = {"linear": linear_warmup, "cosine": cosine_warmup}
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """`auto` becomes bf16 where bf16 matmuls are faster on this device, else fp32."""
+    if precision == "auto":
+        return "bf16" if bf16_is_faster(device_type) else "fp32"
+    return precision
+
+
 def autocast(device_type: str, precision: str):
     """The training precision as a context: bf16 autocast (fp32 master weights) or plain fp32. Work done
     outside the trainer (evaluation, an index built before training) uses it to embed as training does."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    enabled = resolve_precision(precision, device_type) == "bf16"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
 
 class Trainer:

@@ -30,7 +30,7 @@ class AnchorConfig:
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128  # document tokens; 128 kept the measured CPU run at 9 minutes
     lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     lora_r: int = 0  # 0 = full fine-tuning
     seed: int = 42
     save_every: int = 10

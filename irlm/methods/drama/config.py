@@ -82,7 +82,7 @@ class RetrieverConfig:
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128
     lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     seed: int = 42
     save_every: int = 10
     device: str | None = None
@@ -117,7 +117,7 @@ class PruneConfig:
     constrain_params: bool = False
     # initial P(z != 0): at 0.95, ~5 % of hidden dims dropped per step sent SmolLM2 LM loss to 16
     init_keep: float = 0.999
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     seed: int = 42
     save_every: int = 50
     device: str | None = None
@@ -135,7 +135,7 @@ class PretrainConfig:
     max_blocks: int = 0  # > 0: use only the first N blocks of text (a quick run)
     batch_size: int = 8  # blocks per step
     lr: float = 1e-4  # Sheared-LLaMA continued pretraining used 1e-4
-    precision: str = "bf16"  # bf16 autocast or fp32 (fp32 is faster on CPUs without native bf16)
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     seed: int = 42
     save_every: int = 50  # checkpoint every N steps (resumable)
     device: str | None = None  # cpu, cuda, cuda:N; default: CUDA when present

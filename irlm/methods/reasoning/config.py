@@ -51,7 +51,7 @@ class ReasoningConfig:
     batch_size: int = 16
     lr: float = 1e-5
     schedule: str = "cosine"  # LREM cold start: lr 1e-5 cosine, warm-up 3 % (irlm/train/loop.py SCHEDULES)
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     save_every: int = 25
     seed: int = 42
     # self (the model thinks, greedy) | none (direct embedding) | source (an ablation's own filler: an

@@ -24,7 +24,7 @@ class SelfRetrievalConfig:
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-4
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     save_every: int = 100
     seed: int = 42
     # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
