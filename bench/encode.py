@@ -6,6 +6,7 @@ line; `ratio_*` > 1 means irlm is faster.
     python bench/encode.py --model minilm-l6 --docs 1000
     python bench/encode.py --model runs/pruned/final --against smollm2-135m   # a pruned model vs its parent
     python bench/encode.py --model shape:20,384,2,1024 --against smollm2-135m  # a pruning target, before pruning
+    python bench/encode.py --model minilm-l6 --docs 200 --onnx  # the ONNX export (onnxruntime, CPU) vs irlm
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def main() -> None:
     ap.add_argument("--against", default=None, help="Second model, also through irlm: ratio = model / against.")
     ap.add_argument("--dtype", default="bf16", help="With --against: the dtype both models run in.")
     ap.add_argument("--device", default="cpu", help="With --against: cpu or cuda.")
+    ap.add_argument("--onnx", action="store_true", help="Export the model to ONNX and time onnxruntime against irlm.")
     args = ap.parse_args()
     if args.against:
         return compare(args)
+    if args.onnx:
+        return onnx_row(args)
 
     from irlm.data import load_dataset
     from irlm.models import LLMEncoder
@@ -101,6 +105,42 @@ def compare(args) -> None:
                       "model_docs_per_s": round(2 * len(texts) / secs[args.model], 2),
                       "against_docs_per_s": round(2 * len(texts) / secs[args.against], 2),
                       "ratio": round(secs[args.against] / secs[args.model], 3)}))  # fmt: skip
+
+
+def onnx_row(args) -> None:
+    """irlm (fp32, torch) against its ONNX export run by onnxruntime on the CPU: same texts, threads and batch
+    size, alternated twice; `ratio_onnx` > 1 means onnxruntime is faster."""
+    from irlm.data import load_dataset
+    from irlm.models import LLMEncoder
+    from irlm.models.export import OnnxEncoder, export_encoder
+
+    texts = load_dataset(args.data).corpus.texts()[: args.docs]
+    enc = LLMEncoder.from_pretrained(args.model, device="cpu", dtype="fp32", max_length=args.max_length)
+    with tempfile.TemporaryDirectory(prefix="onnx-") as scratch:
+        source = args.model if args.max_length is None else _saved(enc, scratch)
+        start = time.perf_counter()
+        folder = export_encoder(source, f"{scratch}/out", "onnx")
+        export_s = time.perf_counter() - start
+        onnx = OnnxEncoder(folder, threads=torch.get_num_threads())
+        runs = {"irlm": lambda t: enc.encode_corpus(t, batch_size=args.batch_size, progress=False),
+                "onnx": lambda t: onnx.encode_corpus(t, batch_size=args.batch_size)}  # fmt: skip
+        secs = dict.fromkeys(runs, 0.0)
+        for _ in range(2):
+            for name, fn in runs.items():
+                secs[name] += timed(fn, texts)
+        diff = float(abs(runs["onnx"](texts[:64]) - runs["irlm"](texts[:64])).max())
+    print(json.dumps({"bench": "encode-onnx", "model": args.model, "data": args.data, "docs": len(texts),
+                      "batch_size": args.batch_size, "max_length": enc.config.max_length,
+                      "threads": torch.get_num_threads(), "export_s": round(export_s, 1),
+                      "irlm_fp32_docs_per_s": round(2 * len(texts) / secs["irlm"], 2),
+                      "onnx_fp32_docs_per_s": round(2 * len(texts) / secs["onnx"], 2),
+                      "ratio_onnx": round(secs["irlm"] / secs["onnx"], 3),
+                      "max_abs_diff": round(diff, 7)}))  # fmt: skip
+
+
+def _saved(enc, scratch: str) -> str:
+    enc.save(f"{scratch}/model")  # --max-length: export the encoder with that setting
+    return f"{scratch}/model"
 
 
 def shaped(parent: str, shape: str, folder: str) -> str:

@@ -291,6 +291,19 @@ def fuse(
     write_trec(fused, out, tag=f"fused-{method}")
 
 
+@app.command("export")
+def export_cmd(
+    model_dir: str = typer.Argument(..., help="Encoder folder saved by irlm (or any model name irlm loads)."),
+    fmt: str = typer.Option("sentence-transformers", "--format",
+                            help="sentence-transformers, or onnx (the same folder plus onnx/model.onnx)."),
+    out: Path = typer.Option(..., "--out", help="A new, empty or irlm-made folder to write."),
+) -> None:
+    """Export an encoder that SentenceTransformer(DIR) or onnxruntime loads, encoding to irlm's vectors."""
+    from irlm.models.export import export_encoder
+
+    err.print(f"exported {fmt} to {export_encoder(model_dir, out, fmt)}")
+
+
 config_app = typer.Typer(no_args_is_help=True, help="The settings of each method and stage.")
 app.add_typer(config_app, name="config")
 
