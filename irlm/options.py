@@ -12,7 +12,7 @@ FUSIONS = ("rrf", "weighted")
 RETRIEVERS = ("bm25", "dense")
 # kept here rather than imported from irlm.index.dense / irlm.models.pooling, which load torch: checking
 # a flag must not cost a BM25 command three seconds (tests/unit/test_options_names.py keeps them in step)
-BACKENDS = ("exact", "flat", "hnsw")
+BACKENDS = ("exact", "flat", "hnsw", "int8", "binary")
 POOLINGS = ("last", "eos", "mean", "cls", "token")
 DEVICE = re.compile(r"(cpu|cuda|mps|auto)(:\d+)?")
 

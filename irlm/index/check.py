@@ -39,15 +39,17 @@ def read_json(folder: Path, name: str):
         raise damaged(folder, name, f"not valid JSON ({e})") from None
 
 
-def load_array(folder: Path, name: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
-    """A .npy without pickle, checked for its expected shape (None: any size on that axis) and kind."""
+def load_array(folder: Path, name: str, shape: tuple | None = None, dtype=None, mmap: bool = False) -> np.ndarray:
+    """A .npy without pickle, checked for its expected shape (None: any size on that axis) and kind.
+
+    mmap: open it read-only memory-mapped (pages are read when touched) instead of reading it whole."""
     path = folder / name
     if not path.is_file():
         raise damaged(folder, name, "missing")
     if path.stat().st_size == 0:
         raise damaged(folder, name, "empty file")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:  # a pickled array is a ValueError with allow_pickle=False
         raise damaged(folder, name, f"not a plain .npy array ({str(e).splitlines()[0]})") from None
     if dtype is not None and array.dtype != dtype:

@@ -135,7 +135,7 @@ def test_empty_index_search():
     assert scores.shape == (2, 0) and ids == [[], []]
 
 
-@pytest.mark.parametrize("backend", ["exact", "flat", "hnsw"])
+@pytest.mark.parametrize("backend", ["exact", "flat", "hnsw", "int8", "binary"])
 def test_save_load_round_trip(tmp_path, data, backend):
     ids, vectors, queries = data
     index = DenseIndex(DIM, backend, meta={"encoder": {"model": "x", "pooling": "mean"}})
@@ -153,7 +153,7 @@ def test_save_load_round_trip(tmp_path, data, backend):
     assert loaded.search(np.ones((1, DIM)), k=1)[1] == [["new"]]
 
 
-@pytest.mark.parametrize("backend", ["exact", "hnsw"])
+@pytest.mark.parametrize("backend", ["exact", "hnsw", "int8", "binary"])
 def test_files_are_npy_and_json_without_pickle(tmp_path, data, backend):
     ids, vectors, _ = data
     index = DenseIndex(DIM, backend)
