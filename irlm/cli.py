@@ -120,7 +120,7 @@ def index(
     data: str | None = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
     retriever: str = typer.Option("bm25", help="bm25 or dense."),
     model: str = ModelOpt,
-    backend: str = typer.Option("exact", help="Dense backend: exact, flat, hnsw, int8 or binary (sign bits, float rescoring)."),
+    backend: str = typer.Option("exact", help="Dense backend: exact, flat, hnsw, int8, or binary (rescored)."),
     embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
     device: str | None = DeviceOpt,
 ) -> None:
