@@ -630,14 +630,16 @@ def run() -> None:
 
     Usage errors are click's own (standalone mode, exit 2); InputError from the library is ours.
     """
-    from irlm.models.generator import BudgetExceeded
-    from irlm.models.generator.http import EndpointError
-
     try:
         app()
     except InputError as e:
         _fail(e, 2)
-    except (EndpointError, BudgetExceeded) as e:  # a teacher endpoint that stays down, or a spent budget
+    except RuntimeError as e:  # a teacher endpoint that stays down, or a spent budget
+        from irlm.models.generator import BudgetExceeded  # imported only now: httpx costs every start 0.2 s
+        from irlm.models.generator.http import EndpointError
+
+        if not isinstance(e, (EndpointError, BudgetExceeded)):
+            raise
         _fail(e, 1)
     except OSError as e:  # the file system said no (permissions, a full disk): its message names the path
         _fail(e, 1)
