@@ -4,8 +4,13 @@ Each retriever is built once on the corpus, saved, and served by a separate uvic
 queries then run through the library (sequential `retriever.search`, one query per call) and through
 the server at each concurrency. Prints one JSON line; `ratio` = server QPS / library QPS.
 
+With `--fast-path both` a BM25 index is served twice, through the micro-batcher and on the fast path, and
+`--baseline DIR` first serves it from another checkout (a folder holding `irlm/`, e.g. a `git worktree` of
+the previous commit): before and after in one run, under the same load on the machine.
+
     python bench/serve.py --retrievers bm25,dense --queries 200
     python bench/serve.py --retrievers dense --docs 1000   # a smaller corpus, for a quick look
+    python bench/serve.py --retrievers bm25 --fast-path both --baseline ../before
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = "import sys; from irlm.serve import serve; serve(sys.argv[1], port=int(sys.argv[2]), api_key_env=None, batch_size=int(sys.argv[3]))"  # noqa: E501
+SERVER = "import json, sys; from irlm.serve import serve; serve(sys.argv[1], port=int(sys.argv[2]), api_key_env=None, batch_size=int(sys.argv[3]), **json.loads(sys.argv[4]))"  # noqa: E501
 
 
 def build(kind: str, corpus, model: str):
@@ -78,12 +83,13 @@ def over_http(url: str, queries: list[str], k: int, concurrency: int) -> dict:
     return summary(latencies, seconds)
 
 
-def start_server(folder: Path, batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, batch_size: int, options: dict, source: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`serve` in a process of its own, importing irlm from `source` (`python -c` puts its cwd first on the path)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(folder), str(port), str(batch_size)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [sys.executable, "-c", SERVER, str(folder), str(port), str(batch_size), json.dumps(options)]
+    proc = subprocess.Popen(cmd, cwd=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -98,22 +104,35 @@ def start_server(folder: Path, batch_size: int) -> tuple[subprocess.Popen, str]:
     raise TimeoutError(f"{url} not healthy after 120 s")
 
 
+def variants(kind: str, args) -> list[tuple[str, Path, dict]]:
+    """(label, source, serve options) for each server to measure, one after the other."""
+    fast, batched = ("fast", {"fast_path": True}), ("batched", {"fast_path": False})
+    modes = {"auto": [("server", {})], "on": [fast], "off": [batched], "both": [batched, fast]}[args.fast_path]
+    if kind != "bm25":  # the fast path is for cheap retrievers: other kinds are served as they would be
+        modes = [("server", {})]
+    baseline = [("baseline", Path(args.baseline).resolve(), {})] if args.baseline else []
+    return baseline + [(label, ROOT, options) for label, options in modes]
+
+
 def bench_one(kind: str, corpus, queries: list[str], args) -> dict:
     retriever = build(kind, corpus, args.model)
     lib = library(retriever, queries, args.k)
     result = {"library": lib}
+    servers = variants(kind, args)
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
         del retriever  # the server holds its own copy; two would compete for memory
-        proc, url = start_server(Path(tmp) / "index", args.batch_size)
-        try:
-            over_http(url, queries[:8], args.k, 4)  # warm-up: connections, lazy indexing, thread pool
-            for c in args.concurrency:
-                srv = over_http(url, queries, args.k, c)
-                result[f"c{c}"] = {**srv, "ratio": round(srv["qps"] / lib["qps"], 3)}
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        for label, source, options in servers:
+            proc, url = start_server(Path(tmp) / "index", args.batch_size, options, source)
+            rows = result if len(servers) == 1 else result.setdefault(label, {})  # one server: the old layout
+            try:
+                over_http(url, queries[:8], args.k, 4)  # warm-up: connections, lazy indexing, thread pool
+                for c in args.concurrency:
+                    srv = over_http(url, queries, args.k, c)
+                    rows[f"c{c}"] = {**srv, "ratio": round(srv["qps"] / lib["qps"], 3)}
+            finally:
+                proc.terminate()
+                proc.wait(30)
     return result
 
 
@@ -127,6 +146,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--batch-size", type=int, default=16, help="The server's micro-batch size.")
+    ap.add_argument("--fast-path", default="auto", choices=["auto", "on", "off", "both"],
+                    help="BM25 only: serve with the fast path (on), through the batcher (off), the server's default "
+                         "(auto) or both, one after the other.")  # fmt: skip
+    ap.add_argument("--baseline", default=None, help="A folder holding an older irlm/, served first.")
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("IRLM_DATA", str(ROOT.parent / "shared" / "data"))

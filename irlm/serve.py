@@ -1,9 +1,11 @@
-"""HTTP search service: one retriever, loaded once, behind `POST /search`, `POST /encode`, `GET /health`
-and `GET /metrics` (Prometheus text).
+"""HTTP search service: one retriever, loaded once, behind `POST /search`, `POST /encode`, the OpenAI-compatible
+`POST /v1/embeddings` and `GET /v1/models`, `GET /health` and `GET /metrics` (Prometheus text, prometheus_client).
 
 Concurrent requests are micro-batched: the searches that arrive together become one `retriever.search`
-call, the texts to embed one encoder call. Bad input is a 4xx with `{"error": message, "field": name}`,
-never a 500.
+call, the texts to embed one encoder call. A cheap retriever (BM25) skips the batcher: its search, far
+shorter than the HTTP round trip, runs at once on the event loop (the fast path). Bad input is a 4xx with
+`{"error": message, "field": name}`, never a 500; under /v1/ errors take OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, so OpenAI clients raise their usual exception classes.
 
 Example:
     >>> serve("runs/scifact-bm25", port=8001)  # doctest: +SKIP
@@ -13,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -20,10 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
+import prometheus_client
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from irlm.batching import MicroBatcher, closing_lifespan
@@ -43,19 +50,39 @@ from irlm.models.generator.server import (
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/search", "/encode", "/health", "/metrics")  # metric labels; any other path counts as "other"
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+# metric labels; any other path counts as "other"
+ROUTES = ("/search", "/encode", "/health", "/metrics", "/v1/embeddings", "/v1/models")
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+CHEAP_KINDS = ("bm25",)  # retrievers whose search costs far less than a request: the fast path
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 
 class APIError(Exception):
-    """An error the client should see as `{"error": message, "field": name}` with this status."""
+    """An error the client should see as `{"error": message, "field": name}` with this status, or under /v1/
+    as OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
 
-    def __init__(self, status: int, message: str, field: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.code = status, message, field, code
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message, "field": self.field}, status_code=self.status)
+    def render(self, openai: bool = False) -> JSONResponse:
+        if not openai:
+            return JSONResponse({"error": self.message, "field": self.field}, status_code=self.status)
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        body = {"message": self.message, "type": kind, "param": self.field, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+    def response(self):
+        """An ASGI app answering with this error in the shape of the request's path (for the ASGI guards)."""
+
+        async def answer(scope, receive, send):
+            await self.render(is_openai(scope["path"]))(scope, receive, send)
+
+        return answer
+
+
+def is_openai(path: str) -> bool:
+    return path.startswith("/v1/")
 
 
 def not_blank(text: str) -> str:
@@ -77,6 +104,28 @@ class EncodeRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     texts: list[Text] = Field(min_length=1)
     kind: Literal["query", "passage"] = "query"
+
+
+def no_token_ids(value):
+    """OpenAI's API also takes token ids; this server embeds text only."""
+    if isinstance(value, list) and any(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
+        raise ValueError("token-id input is not supported: send a string or a list of strings")
+    return value
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request. `input_type` is this server's own field (OpenAI clients send it through
+    `extra_body`): "query" (the default) embeds with the encoder's query prefix, "passage" with its passage prefix."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    input: Text | list[Text] = Field(min_length=1)
+    model: str
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None  # OpenAI's end-user id: accepted, unused
+    input_type: Literal["query", "passage"] = "query"
+
+    _token_ids = field_validator("input", mode="before")(no_token_ids)
 
 
 @dataclass
@@ -102,6 +151,15 @@ class Limits:
                 raise APIError(413, f"texts.{n}: {len(text)} characters; the limit is {self.max_text_chars}",
                                "texts")  # fmt: skip
 
+    def check_inputs(self, texts: list[str]) -> None:
+        """/v1/embeddings' bounds: 400, as OpenAI answers an input over its limits."""
+        if len(texts) > self.max_texts:
+            raise APIError(400, f"input: {len(texts)} texts; the limit is {self.max_texts}", "input")
+        for n, text in enumerate(texts):
+            if len(text) > self.max_text_chars:
+                raise APIError(400, f"input.{n}: {len(text)} characters; the limit is {self.max_text_chars}",
+                               "input")  # fmt: skip
+
 
 def find_encoder(retriever):
     """The dense encoder of a dense retriever or of a hybrid's dense part; None when there is none."""
@@ -126,9 +184,15 @@ def ranked(scores: dict[str, float], k: int) -> list[dict]:
     return [{"id": doc_id, "score": score} for doc_id, score in best]
 
 
+def is_cheap(retriever) -> bool:
+    """A search far shorter than an HTTP round trip (BM25: about 0.1 ms on SciFact), so batching gains nothing."""
+    return getattr(retriever, "kind", None) in CHEAP_KINDS
+
+
 def batch_runner(retriever, encoder):
-    """One function for every batch, so a single worker thread owns the model: items are (op, text, k)
-    and a batch holds one op only (the batcher's key)."""
+    """One function for every batch, so a single worker thread owns the model (and its tokenizer, which is not
+    safe to share between threads): items are (op, text, k) and a batch holds one op only (the batcher's key).
+    An encode item's result is (float32 vector, the number of tokens the encoder read)."""
 
     def run(items: list[tuple[str, str, int]]) -> list:
         op = items[0][0]
@@ -137,56 +201,81 @@ def batch_runner(retriever, encoder):
             # one call at the largest k, then each request cut to its own k
             run = retriever.search({str(n): t for n, t in enumerate(texts)}, max(k for *_, k in items))
             return [ranked(run.get(str(n), {}), k) for n, (*_, k) in enumerate(items)]
-        encode = encoder.encode_queries if op == "query" else encoder.encode_corpus
-        return [row.tolist() for row in encode(texts, progress=False)]
+        encode, prefix = ((encoder.encode_queries, encoder.config.query_prefix) if op == "query" else
+                          (encoder.encode_corpus, encoder.config.passage_prefix))  # fmt: skip
+        tokens = [len(ids) for ids in encoder.tokenize([prefix + t for t in texts])]  # what encode reads
+        return list(zip(encode(texts, progress=False), tokens))
 
     return run
 
 
-class Metrics:
-    """Request counters and latency histograms, written by hand in Prometheus' text format (0.0.4)."""
+class BatchCounts:
+    """A prometheus_client collector reading the batcher's own counters at scrape time."""
 
-    def __init__(self):
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list] = {}  # endpoint -> [per-bucket counts..., +Inf count, sum]
+    def __init__(self, batcher: MicroBatcher):
+        self.batcher = batcher
+
+    def describe(self) -> list:
+        return []  # nothing to check for name clashes up front; collect() runs only when scraped
+
+    def collect(self):
+        yield CounterMetricFamily("irlm_batches", "Batched calls to the retriever or encoder.", self.batcher.batches)
+        yield CounterMetricFamily("irlm_batched_items", "Queries and texts those calls held.", self.batcher.items)
+
+
+class Metrics:
+    """Request counters and latency histograms in a registry of this app's own (prometheus_client)."""
+
+    def __init__(self, batcher: MicroBatcher):
+        prometheus_client.disable_created_metrics()  # no *_created series: the names and lines stay as before
+        self.registry = CollectorRegistry()
+        self.requests = Counter("irlm_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("irlm_request_seconds", "Time from request to response.", ["endpoint"],
+                                 buckets=BUCKETS, registry=self.registry)  # fmt: skip
+        self.direct = Counter("irlm_direct_searches", "Searches answered on the fast path, without the batcher.",
+                              registry=self.registry)  # fmt: skip
+        self.registry.register(BatchCounts(batcher))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
-        hist = self.latency.setdefault(endpoint, [0] * (len(BUCKETS) + 1) + [0.0])
-        hist[next((n for n, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))] += 1
-        hist[-1] += seconds
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
 
-    def render(self, batcher: MicroBatcher) -> str:
-        lines = ["# HELP irlm_requests_total HTTP requests by endpoint and status.",
-                 "# TYPE irlm_requests_total counter"]  # fmt: skip
-        lines += [f'irlm_requests_total{{endpoint="{e}",status="{s}"}} {n}' for (e, s), n in self.requests.items()]
-        lines += ["# HELP irlm_request_seconds Time from request to response.",
-                  "# TYPE irlm_request_seconds histogram"]  # fmt: skip
-        for endpoint, hist in self.latency.items():
-            lines += histogram_lines(endpoint, hist)
-        lines += ["# HELP irlm_batches_total Batched calls to the retriever or encoder.",
-                  "# TYPE irlm_batches_total counter", f"irlm_batches_total {batcher.batches}",
-                  "# HELP irlm_batched_items_total Queries and texts those calls held.",
-                  "# TYPE irlm_batched_items_total counter", f"irlm_batched_items_total {batcher.items}"]  # fmt: skip
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
 
 
-def histogram_lines(endpoint: str, hist: list) -> list[str]:
-    label = f'endpoint="{endpoint}"'
-    counts, total = hist[:-1], 0
-    lines = []
-    for bound, n in zip([*map(str, BUCKETS), "+Inf"], counts):
-        total += n  # Prometheus buckets are cumulative
-        lines.append(f'irlm_request_seconds_bucket{{{label},le="{bound}"}} {total}')
-    lines.append(f"irlm_request_seconds_sum{{{label}}} {hist[-1]:.6f}")
-    return lines + [f"irlm_request_seconds_count{{{label}}} {total}"]
+class Measure:
+    """ASGI middleware: every request's endpoint, status and latency into `metrics` (outermost, so the guards'
+    401 and 413 count too). Plain ASGI: FastAPI's `@app.middleware` costs a task and a stream per request."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
+        start, status = time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.observe(endpoint, status, time.perf_counter() - start)
 
 
 def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY", max_query_chars: int = 2048,
-              max_k: int = 1000, batch_size: int = 16, max_texts: int = 64,
-              max_text_chars: int = 32768) -> FastAPI:  # fmt: skip
+              max_k: int = 1000, batch_size: int = 16, max_texts: int = 64, max_text_chars: int = 32768,
+              fast_path: bool | None = None, model_name: str | None = None) -> FastAPI:  # fmt: skip
     """A FastAPI app serving `retriever`; when $`api_key_env` is set, every route but /health needs
-    `Authorization: Bearer <key>`.
+    `Authorization: Bearer <key>`. `fast_path` (default: for BM25) answers /search without the batcher;
+    `model_name` is the id /v1/models lists and /v1/embeddings expects (default: the encoder's model).
 
     Example:
         >>> app = build_app(load_retriever("runs/scifact-bm25"))  # doctest: +SKIP
@@ -196,16 +285,20 @@ def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY",
     # 2 ms: a lone request waits that long for company; under load batches form while the previous one runs
     batcher = MicroBatcher(batch_runner(retriever, encoder), max_batch=batch_size, max_wait_ms=2,
                            key=lambda item: item[0])  # fmt: skip
-    metrics = Metrics()
+    metrics = Metrics(batcher)
 
     api_key = read_api_key(api_key_env)
     app = FastAPI(title="irlm search", lifespan=closing_lifespan(batcher), **docs_pages(api_key))
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, refuse=lambda m: APIError(413, m))  # as serve-llm
-    app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY))
+    app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY, code="invalid_api_key"))
+    app.add_middleware(Measure, metrics=metrics)  # added last: the outermost
     add_error_handlers(app)
-    add_metrics(app, metrics)
     router = APIRouter(dependencies=[Depends(key_checker(api_key))])
-    add_routes(router, Limits(max_query_chars, max_k, max_texts, max_text_chars), batcher, encoder, metrics)
+    limits = Limits(max_query_chars, max_k, max_texts, max_text_chars)
+    fast = is_cheap(retriever) if fast_path is None else fast_path
+    add_search_route(router, limits, batcher, retriever if fast else None, metrics)
+    add_routes(router, limits, batcher, encoder, metrics)
+    add_openai_routes(router, limits, batcher, encoder, model_name)
     app.include_router(router)
 
     @app.get("/health")
@@ -216,23 +309,87 @@ def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY",
     return app
 
 
-def add_routes(router: APIRouter, limits: Limits, batcher: MicroBatcher, encoder, metrics: Metrics) -> None:
-    # plain `def` routes: FastAPI runs them in its thread pool, so a blocking batch never stalls the loop
+def add_search_route(router: APIRouter, limits: Limits, batcher: MicroBatcher, direct, metrics: Metrics) -> None:
+    """/search through the batcher, or with `direct` (a cheap retriever) on the event loop itself: no thread
+    hop, no batcher hand-off, no wait for company; one search at a time, each far shorter than a request."""
+    if direct is not None:
+
+        @router.post("/search")
+        async def search_now(req: SearchRequest) -> dict:
+            limits.check_search(req)
+            try:
+                run = direct.search({"q": req.query}, req.k)
+            except InputError as e:
+                raise APIError(400, str(e)) from e
+            metrics.direct.inc()
+            return {"results": ranked(run.get("q", {}), req.k)}
+
+        return
+
+    # plain `def` route: FastAPI runs it in its thread pool, so a blocking batch never stalls the loop
     @router.post("/search")
     def search(req: SearchRequest) -> dict:
         limits.check_search(req)
         return {"results": submit(batcher, [("search", req.query, req.k)])[0]}
 
+
+def add_routes(router: APIRouter, limits: Limits, batcher: MicroBatcher, encoder, metrics: Metrics) -> None:
     @router.post("/encode")
     def encode(req: EncodeRequest) -> dict:
         if encoder is None:
             raise APIError(400, "this index has no dense encoder (BM25 or generative): /encode is unavailable")
         limits.check_encode(req)
-        return {"embeddings": submit(batcher, [(req.kind, text, 0) for text in req.texts])}
+        return {"embeddings": [row.tolist() for row, _ in submit(batcher, [(req.kind, t, 0) for t in req.texts])]}
 
     @router.get("/metrics")
-    async def prometheus() -> PlainTextResponse:  # async: read on the event loop, where the counters are written
-        return PlainTextResponse(metrics.render(batcher), media_type="text/plain; version=0.0.4; charset=utf-8")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=PROMETHEUS_TEXT)
+
+
+def add_openai_routes(router: APIRouter, limits: Limits, batcher: MicroBatcher, encoder, name: str | None) -> None:
+    """OpenAI's embeddings API over the dense encoder: `dimensions` truncates, then L2-normalises."""
+    model_id = name or (encoder.config.model if encoder is not None else None)
+
+    @router.get("/v1/models")
+    def models() -> dict:
+        entries = [] if encoder is None else [{"id": model_id, "object": "model", "created": 0, "owned_by": "irlm",
+                                               "dimensions": encoder.dim,
+                                               "max_input_tokens": encoder.config.max_length}]  # fmt: skip
+        return {"object": "list", "data": entries}
+
+    @router.post("/v1/embeddings")
+    def embeddings(req: EmbeddingsRequest) -> dict:
+        if encoder is None:
+            raise APIError(400, "this index has no dense encoder (BM25 or generative): /v1/embeddings is unavailable",
+                           "model", "model_not_found")  # fmt: skip
+        if req.model != model_id:
+            raise APIError(404, f"model '{req.model}' is not served here; this server serves '{model_id}'",
+                           "model", "model_not_found")  # fmt: skip
+        if req.dimensions is not None and req.dimensions > encoder.dim:
+            raise APIError(400, f"dimensions: {req.dimensions} is more than the model's {encoder.dim}", "dimensions")
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        limits.check_inputs(texts)
+        rows = submit(batcher, [(req.input_type, text, 0) for text in texts])
+        vectors = [wire(shorten(row, req.dimensions), req.encoding_format) for row, _ in rows]
+        data = [{"object": "embedding", "index": n, "embedding": v} for n, v in enumerate(vectors)]
+        tokens = sum(count for _, count in rows)
+        return {"object": "list", "data": data, "model": model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+
+
+def shorten(row: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """The first `dimensions` values, L2-normalised again (Matryoshka-style truncation, as OpenAI's models do)."""
+    if dimensions is None or dimensions == len(row):
+        return row
+    head = row[:dimensions].astype(np.float32)
+    return head / max(float(np.linalg.norm(head)), 1e-12)
+
+
+def wire(row: np.ndarray, encoding_format: str):
+    """A list of floats, or base64 of the little-endian float32 bytes (what the openai client asks for by default)."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(row, dtype="<f4").tobytes()).decode("ascii")
+    return row.tolist()
 
 
 def submit(batcher: MicroBatcher, items: list[tuple[str, str, int]]) -> list:
@@ -242,54 +399,45 @@ def submit(batcher: MicroBatcher, items: list[tuple[str, str, int]]) -> list:
         raise APIError(400, str(e)) from e
 
 
-def add_metrics(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        endpoint = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            metrics.observe(endpoint, status, time.perf_counter() - start)
-
-
 def key_checker(api_key: str | None):
     """A dependency that accepts everything without a key, else only `Authorization: Bearer <key>`."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: a plain `def` dependency costs a thread-pool hop
         if not bearer_ok(request, api_key):
-            raise APIError(401, WRONG_KEY)
+            raise APIError(401, WRONG_KEY, code="invalid_api_key")
 
     return check
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Malformed JSON is 400, a body that is not JSON 415, an invalid field 422 (one too large 413, see Limits);
-    the message names the field."""
+    the message names the field. Under /v1/ an invalid field is 400, as OpenAI answers, in OpenAI's error shape."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return e.response()
+        return e.render(is_openai(request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        openai = is_openai(request.url.path)
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if kind != "application/json" and not kind.endswith("+json"):  # FastAPI left the body unparsed
             message = f"the body is sent as '{kind}'; send JSON with 'Content-Type: application/json'"
-            return APIError(415, message).response()
-        return validation_error(e.errors()[0]).response()
+            return APIError(415, message).render(openai)
+        error = validation_error(e.errors()[0])
+        if openai and error.status == 422:
+            error.status, error.code = 400, str(e.errors()[0].get("type"))
+        return error.render(openai)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        return APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}").response()
+        error = APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+        return error.render(is_openai(request.url.path))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> JSONResponse:
         log.exception("request failed")
-        return APIError(500, f"{type(e).__name__}: {e}").response()
+        return APIError(500, f"{type(e).__name__}: {e}").render(is_openai(request.url.path))
 
 
 def validation_error(err: dict) -> APIError:
@@ -320,7 +468,8 @@ def open_retriever(index: str, device: str | None = None, data: str | None = Non
 
 
 def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: str | None = "IRLM_API_KEY",
-          batch_size: int = 16, device: str | None = None, data: str | None = None) -> None:  # fmt: skip
+          batch_size: int = 16, device: str | None = None, data: str | None = None, fast_path: bool | None = None,
+          model_name: str | None = None) -> None:  # fmt: skip
     """Load the retriever in `index` once and serve it on host:port until interrupted.
 
     The key, if any, is read from the environment variable `api_key_env` so it never shows in `ps`.
@@ -335,5 +484,6 @@ def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: st
                     api_key_env or "IRLM_API_KEY")  # fmt: skip
     retriever = open_retriever(index, device, data)
     # a micro-batch of batch_size is one encoder forward: larger ones only make early requests wait for later ones
-    app = build_app(retriever, api_key_env=api_key_env, batch_size=batch_size)
+    app = build_app(retriever, api_key_env=api_key_env, batch_size=batch_size, fast_path=fast_path,
+                    model_name=model_name)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="info")
