@@ -5,6 +5,12 @@ and batch size; the server runs in its own process and micro-batches the client'
 requests. Prints one JSON line; `ratio_http_vs_inproc` < 1 is what HTTP and batching-by-arrival cost.
 
     python bench/generate.py --model smollm2-135m --prompts 32 --max-new-tokens 32
+
+On a GPU (pack a of bench/device): the in-process rate at large batches, and the same prompts through plain
+`generate` with a static KV cache (compiled on CUDA) on fixed-shape batches, with how many greedy texts
+equal the generator's:
+
+    python bench/generate.py --no-http --device cuda --dtype bf16 --prompts 128 --batch-sizes 64,128 --static
 """
 
 from __future__ import annotations
@@ -47,6 +53,65 @@ def timed(gen, prompts, params, warm_params) -> tuple[float, list]:
     return time.perf_counter() - start, out
 
 
+def fixed_shape_generate(gen, prompts, params, batch_size: int, static: bool) -> tuple[float, float, list]:
+    """Plain `generate`, greedy, every batch the same shape: `batch_size` rows (the last batch filled with
+    copies) left-padded to one width for all prompts, so a static KV cache is built, and compiled, once.
+    Returns (seconds of the first pass, which pays for compilation; seconds of a second pass; generations)."""
+    tok = gen.tokenizer
+    ids = [tok(gen.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    width = -(-max(map(len, ids)) // 64) * 64  # one bucket of 64-token steps: one shape, one compiled graph
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    kw = {"cache_implementation": "static"} if static else {}
+
+    def one_pass() -> list:
+        out = [None] * len(ids)
+        for b in range(0, len(order), batch_size):
+            chunk = order[b : b + batch_size]
+            rows = [ids[i] for i in chunk] + [ids[chunk[-1]]] * (batch_size - len(chunk))
+            batch = tok.pad({"input_ids": rows}, padding="max_length", max_length=width, return_tensors="pt",
+                            padding_side="left").to(gen.device)  # fmt: skip
+            with torch.inference_mode():
+                seqs = gen.model.generate(**batch, max_new_tokens=params.max_new_tokens, do_sample=False,
+                                          pad_token_id=tok.pad_token_id, top_k=None, **kw)  # fmt: skip
+            for i, row in zip(chunk, seqs):
+                out[i] = gen._decode(row[width:], len(ids[i]), params.max_new_tokens, [])
+        return out
+
+    start = time.perf_counter()
+    one_pass()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    out = one_pass()
+    return first, time.perf_counter() - start, out
+
+
+def batch_sweep(args, dtype: str, prompts, params, warm) -> dict:
+    """In-process tokens/s at each batch size; with --static, plain and static-cache `generate` on fixed shapes."""
+    from irlm.models.generator.local import TransformersGenerator
+
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    gen = TransformersGenerator(args.model, device=args.device, dtype=dtype, batch_size=sizes[0])
+    result, reference = {}, None
+    for bs in sizes:
+        gen.batch_size = bs
+        secs, out = timed(gen, prompts, params, warm)
+        reference = reference or out
+        tokens = sum(g.completion_tokens for g in out)
+        result.update({f"inproc_b{bs}_tokens_per_s": round(tokens / secs, 1), f"inproc_b{bs}_seconds": round(secs, 2),
+                       f"inproc_b{bs}_completion_tokens": tokens,
+                       f"inproc_b{bs}_same_texts": sum(a.text == b.text for a, b in zip(reference, out))})  # fmt: skip
+    if args.static:
+        bs = sizes[0]
+        for label, static in (("plain", False), ("static", True)):
+            first, secs, out = fixed_shape_generate(gen, prompts, params, bs, static)
+            tokens = sum(g.completion_tokens for g in out)
+            key = f"{label}_b{bs}"
+            result.update({f"{key}_tokens_per_s": round(tokens / secs, 1), f"{key}_first_pass_s": round(first, 2),
+                           f"{key}_seconds": round(secs, 2),
+                           f"{key}_same_texts": sum(a.text == b.text for a, b in zip(reference, out))})  # fmt: skip
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +149,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="auto is resolved here once, so both sides use the same")
+    ap.add_argument("--no-http", action="store_true", help="in-process only (the GPU machine has no fastapi)")
+    ap.add_argument("--batch-sizes", default="", help="with --no-http: in-process tokens/s at each, e.g. 64,128")
+    ap.add_argument(
+        "--static",
+        action="store_true",
+        help="with --batch-sizes: also plain and static-KV-cache "
+        "generate on fixed-shape batches of the first size (compiled on CUDA)",
+    )
     args = ap.parse_args()
 
     from irlm.models.generator import SamplingParams
@@ -94,6 +167,20 @@ def main() -> None:
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if bf16_is_faster(args.device) else "fp32")
     prompts = chats(passages(Path(args.data), args.prompts))
     params, warm = SamplingParams(max_new_tokens=args.max_new_tokens), SamplingParams(max_new_tokens=4)
+
+    if args.no_http:
+        sweep = batch_sweep(args, dtype, prompts, params, warm) if args.batch_sizes else {}
+        if not args.batch_sizes:
+            local = TransformersGenerator(args.model, device=args.device, dtype=dtype, batch_size=args.batch_size)
+            secs, out = timed(local, prompts, params, warm)
+            tokens = sum(g.completion_tokens for g in out)
+            sweep = {"inproc_completion_tokens": tokens, "inproc_seconds": round(secs, 2),
+                     "inproc_tokens_per_s": round(tokens / secs, 1)}  # fmt: skip
+        print(json.dumps({"bench": "generate", "model": args.model, "prompts": len(prompts),
+                          "max_new_tokens": args.max_new_tokens, "device": args.device, "dtype": dtype,
+                          "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+                          "threads": torch.get_num_threads(), **sweep}))  # fmt: skip
+        return
 
     local = TransformersGenerator(args.model, device=args.device, dtype=dtype, batch_size=args.batch_size)
     local_secs, local_out = timed(local, prompts, params, warm)
