@@ -154,6 +154,19 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def lazy_names(package: str, homes: dict[str, str]):
+    """A module `__getattr__` resolving each exported name from its home module on first use, so importing
+    a package (and every `irlm` command's start) does not pay for torch, bm25s or numba until needed."""
+    from importlib import import_module
+
+    def __getattr__(name: str):
+        if name not in homes:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(homes[name]), name)
+
+    return __getattr__
+
+
 @cache
 def bf16_is_faster(device: str) -> bool:
     """Whether bf16 matmul beats fp32 here; measured once per process because CPUs differ widely."""

@@ -9,8 +9,11 @@ wrong mask or wrong positions visibly change the embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # before transformers is imported anywhere: tests never touch the network
@@ -162,6 +165,29 @@ def wait_healthy(url: str, proc, log: Path, timeout: float = 300) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def cli(*args) -> list[str]:
+    """The `irlm` command as a subprocess argv, run by this interpreter."""
+    return [sys.executable, "-c", "from irlm.cli import run; run()", *map(str, args)]
+
+
+@contextlib.contextmanager
+def irlm_server(args: list, log: Path, timeout: float = 300):
+    """(base URL, process) of `irlm ARGS --port P` once /health answers; stopped (if still running) after."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("IRLM_API_KEY", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cli(*args, "--port", port), env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log, timeout)  # a loaded 2-core machine has taken over 90 s to start one
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)
 
 
 def torchrun(args: list, env: dict, timeout: float = 300) -> None:

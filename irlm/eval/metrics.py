@@ -40,7 +40,7 @@ def _measures(metrics) -> tuple[set[str], dict[int, list[str]]]:
         if name == "mrr":
             mrr[int(k)].append(m)
         elif name == "map":
-            cuts["map"]
+            cuts.setdefault("map", set())  # no cut-off: written as plain `map`
         else:
             cuts[TREC[name]].add(int(k))
     return {f"{n}.{','.join(map(str, sorted(ks)))}" if ks else n for n, ks in cuts.items()}, mrr

@@ -5,14 +5,12 @@ cancellation at shutdown)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
-from conftest import free_port, wait_healthy, write_beir
+from conftest import cli, irlm_server, write_beir
 
 from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.models.generator.base import SamplingParams
@@ -21,28 +19,12 @@ from irlm.models.generator.server import MAX_BODY_BYTES, MAX_STOP, MAX_STOP_CHAR
 LIMIT = 24  # --max-tokens given to the server below
 
 
-def cli(*args) -> list[str]:
-    return [sys.executable, "-c", "from irlm.cli import run; run()", *map(str, args)]
-
-
 @pytest.fixture(scope="module")
 def server(lm_dir, tmp_path_factory):
     """Base URL (…/v1) of `irlm serve-llm` on the tiny causal LM, without a key."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("IRLM_API_KEY", None)
-    log = tmp_path_factory.mktemp("serve-llm-cli") / "server.log"
-    args = ["serve-llm", "--model", lm_dir, "--port", port, "--device", "cpu", "--dtype", "fp32",
-            "--max-tokens", LIMIT]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log, timeout=300)  # a loaded 2-core machine has taken over 90 s to start it
+    args = ["serve-llm", "--model", lm_dir, "--device", "cpu", "--dtype", "fp32", "--max-tokens", LIMIT]
+    with irlm_server(args, tmp_path_factory.mktemp("serve-llm-cli") / "server.log") as (url, _):
         yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_augment_qgen_through_the_cli_against_serve_llm(server, lm_dir, tmp_path):

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
-from conftest import free_port, wait_healthy
+from conftest import irlm_server
 
 from irlm.models.generator.base import SamplingParams
 from irlm.models.generator.server import GRACE_S, MAX_STOP, MAX_STOP_CHARS, build_app
@@ -26,29 +23,13 @@ from irlm.models.generator.server import GRACE_S, MAX_STOP, MAX_STOP_CHARS, buil
 LIMIT, BATCH = 64, 2  # the server below: --max-tokens, --batch-size (also the most prompts per request)
 
 
-def cli(*args) -> list[str]:
-    return [sys.executable, "-c", "from irlm.cli import run; run()", *map(str, args)]
-
-
 @pytest.fixture(scope="module")
 def bounded(lm_dir, tmp_path_factory):
     """(base URL, process) of `irlm serve-llm --max-tokens LIMIT --batch-size BATCH` on the tiny causal LM."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("IRLM_API_KEY", None)
-    log = tmp_path_factory.mktemp("serve-llm-load") / "server.log"
-    args = ["serve-llm", "--model", lm_dir, "--port", port, "--device", "cpu", "--dtype", "fp32",
-            "--max-tokens", LIMIT, "--batch-size", BATCH]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log, timeout=300)  # a loaded 2-core machine has taken over 90 s to start it
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
+    args = ["serve-llm", "--model", lm_dir, "--device", "cpu", "--dtype", "fp32", "--max-tokens", LIMIT,
+            "--batch-size", BATCH]  # fmt: skip
+    with irlm_server(args, tmp_path_factory.mktemp("serve-llm-load") / "server.log") as started:
+        yield started
 
 
 # the worst allowed request: a full batch of prompts near the context (256) less LIMIT, every new token,
