@@ -118,13 +118,13 @@ def _cuda() -> int:
 def index(
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
     data: str | None = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
-    retriever: str = typer.Option("bm25", help="bm25 or dense."),
+    retriever: str = typer.Option("bm25", help="bm25, dense, or reasoning (--model: a reasoning model folder)."),
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="Dense backend: exact, flat, hnsw, int8, or binary (rescored)."),
     embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
     device: str | None = DeviceOpt,
 ) -> None:
-    """Build a BM25 or dense index; or convert saved embeddings to a FAISS backend."""
+    """Build a BM25, dense or reasoning index; or convert saved embeddings to a FAISS backend."""
     opt.one_of(retriever, opt.RETRIEVERS, "--retriever")
     _check_encoder_flags(backend, None, None, device)
     check_output(out, folder=True)
@@ -138,36 +138,24 @@ def index(
     else:
         if not data:
             raise InputError("give --data to index a dataset, or --embeddings to re-index saved vectors")
-        _build(retriever, data, model, device, backend).save(out)
+        from irlm.systems import build_retriever
+
+        build_retriever(retriever, data, model, device, backend).save(out)
     err.print(f"saved {retriever if not embeddings else backend} index to {out}")
-
-
-def _build(kind: str, data: str, model: str, device: str | None, backend: str = "exact", **kw):
-    from irlm.data import load_dataset
-    from irlm.index import BM25Retriever, DenseRetriever
-
-    corpus = load_dataset(data).corpus
-    if kind == "bm25":
-        return BM25Retriever.build(corpus)
-    if kind == "dense":
-        from irlm.models import LLMEncoder  # torch: only dense systems pay for it
-
-        return DenseRetriever.build(corpus, LLMEncoder.from_pretrained(model, device=device, **kw), backend)
-    raise InputError(f"unknown retriever '{kind}'; choose bm25, dense or hybrid")
 
 
 @app.command()
 def search(
-    index: Path = typer.Option(..., "--index", help="Index folder from `irlm index` or `irlm encode`."),
+    index: Path = typer.Option(..., "--index", help="Any saved system: `irlm index`/`encode` folders, model folders."),
     query: str | None = typer.Option(None, "--query", "-q", help="One query; prints the top k."),
-    data: str | None = typer.Option(None, "--data", help="Search all queries of this dataset's split."),
+    data: str | None = typer.Option(None, "--data", help="Search this dataset's split (model folders: its corpus)."),
     split: str = typer.Option("test", help="Split whose judged queries are searched."),
     k: int = typer.Option(10, help="Results per query."),
     out: Path | None = typer.Option(None, "--out", help="TREC run file to write."),
     device: str | None = DeviceOpt,
 ) -> None:
-    """Search an index with one query or a dataset's queries."""
-    from irlm.index import load_retriever
+    """Search any saved system with one query or a dataset's queries."""
+    from irlm.systems import load_retriever
 
     opt.at_least(k, 1, "--k")
     opt.device(device)
@@ -175,7 +163,7 @@ def search(
         if not data or not out:
             raise InputError("give --query, or --data and --out to write a run file")
         check_output(out)
-    retriever = load_retriever(index, device)
+    retriever = load_retriever(index, device, data)
     if query is not None:
         for rank, (doc, score) in enumerate(retriever.search({"q": query}, k)["q"].items(), start=1):
             print(f"{rank}\t{doc}\t{score:.4f}")
@@ -199,9 +187,9 @@ def _split_queries(data: str, split: str):
 def eval_cmd(
     data: str = DataOpt,
     split: str = typer.Option("test", help="Qrels split."),
-    retriever: str = typer.Option("bm25", help="bm25, dense or hybrid (bm25 + dense)."),
+    retriever: str = typer.Option("bm25", help="bm25, dense, hybrid (bm25 + dense) or reasoning."),
     model: str = ModelOpt,
-    index: Path | None = typer.Option(None, "--index", help="Evaluate a saved index instead."),
+    index: Path | None = typer.Option(None, "--index", help="Evaluate any saved system (index or model folder)."),
     run: Path | None = typer.Option(None, "--run", help="Evaluate an existing TREC run file instead."),
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run."),
@@ -218,7 +206,7 @@ def eval_cmd(
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
 
-    _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run)
+    _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
@@ -238,8 +226,10 @@ def eval_cmd(
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)
 
 
-def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run) -> None:
+def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index) -> None:
     opt.one_of(retriever, (*opt.RETRIEVERS, "hybrid"), "--retriever")
+    if index:
+        opt.existing_dir(index, "--index")
     opt.one_of(fusion, opt.FUSIONS, "--fusion")
     opt.weight(weight)
     opt.at_least(k, 1, "--k")
@@ -251,14 +241,11 @@ def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run)
 
 
 def _system(kind, data, model, device, index, fusion, weight, enc_opts):
-    from irlm.index import HybridRetriever, load_retriever
+    from irlm.systems import build_retriever, load_retriever
 
     if index:
-        return load_retriever(index, device)
-    if kind == "hybrid":
-        parts = [_build("bm25", data, model, device), _build("dense", data, model, device, **enc_opts)]
-        return HybridRetriever(parts, fusion, [1 - weight, weight])
-    return _build(kind, data, model, device, **enc_opts)
+        return load_retriever(index, device, data)
+    return build_retriever(kind, data, model, device, fusion=fusion, weight=weight, **enc_opts)
 
 
 def _report(row: dict, as_json: bool) -> None:
@@ -471,13 +458,17 @@ def serve_cmd(
     model_name: str | None = typer.Option(None, "--model-name",
                                           help="The model id /v1/models lists and /v1/embeddings expects "
                                                "(default: the encoder's model name or path)."),  # fmt: skip
+    writable: bool = typer.Option(False, "--writable",
+                                  help="Accept POST /documents and DELETE /documents/{id} (BM25, dense, hybrid), "
+                                       "each saved to the index folder before it is answered."),  # fmt: skip
 ) -> None:
-    """Serve a retriever: POST /search, POST /encode, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics."""
+    """Serve a retriever: POST /search, POST /encode, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics;
+    with --writable also POST /documents and DELETE /documents/{id}."""
     from irlm.serve import serve
 
     _check_server_flags(port, batch_size, device)
     serve(index, host=host, port=port, api_key_env=api_key_env, batch_size=batch_size, device=device, data=data,
-          model_name=model_name)  # fmt: skip
+          model_name=model_name, writable=writable)  # fmt: skip
 
 
 def _check_server_flags(port: int, batch_size: int, device: str | None) -> None:
@@ -505,16 +496,16 @@ def sr_train(
 
 
 def _self_retriever(model: Path, data: str | None, device: str | None):
-    from irlm.data import load_dataset
-    from irlm.methods.selfretrieval.retriever import CONFIG_FILE, SelfRetriever
+    from irlm.systems import load_retriever, system_kind
 
-    if not (model / CONFIG_FILE).is_file():
-        raise InputError(f"{model} is not a Self-Retrieval model folder (no {CONFIG_FILE}; "
-                         "see `irlm selfretrieval train`)")
-    import json as _json
-
-    data = data or _json.loads((model / CONFIG_FILE).read_text())["data"]
-    return SelfRetriever.load(model, load_dataset(data).corpus, device), data
+    try:
+        kind = system_kind(model)
+    except InputError:
+        kind = None
+    if kind != "selfretrieval":
+        raise InputError(f"{model} is not a Self-Retrieval model folder (see `irlm selfretrieval train`)")
+    retriever = load_retriever(model, device, data)
+    return retriever, data or retriever.cfg.data
 
 
 @sr_app.command("search")
@@ -566,7 +557,7 @@ def mine(
     data: str = DataOpt,
     out: Path = typer.Option(..., "--out", help="Training examples JSONL to write."),
     split: str = typer.Option("train", help="Qrels split whose queries become examples."),
-    retriever: str = typer.Option("bm25", help="Who mines negatives: bm25 or dense."),
+    retriever: str = typer.Option("bm25", help="Who mines negatives: bm25, dense or reasoning."),
     model: str = ModelOpt,
     negatives: int = typer.Option(8, help="Hard negatives per query."),
     depth: int = typer.Option(100, help="Ranking depth searched for negatives."),
@@ -588,7 +579,9 @@ def mine(
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
     queries = ds.split_queries(split)
-    run = _build(retriever, data, model, device).search(queries, depth)
+    from irlm.systems import build_retriever
+
+    run = build_retriever(retriever, data, model, device).search(queries, depth)
     examples = mine_examples(queries, ds.qrels[split], ds.corpus, run, negatives, margin, seed=seed)
     for ex in examples:
         ex.meta.update({"source": ds.name, "miner": retriever if retriever == "bm25" else model})

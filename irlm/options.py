@@ -9,7 +9,7 @@ from irlm.errors import InputError
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")  # what LLMEncoder and TransformersGenerator accept
 FUSIONS = ("rrf", "weighted")
-RETRIEVERS = ("bm25", "dense")
+RETRIEVERS = ("bm25", "dense", "reasoning")  # reasoning: --model is a reasoning model folder
 # kept here rather than imported from irlm.index.dense / irlm.models.pooling, which load torch: checking
 # a flag must not cost a BM25 command three seconds (tests/unit/test_options_names.py keeps them in step)
 BACKENDS = ("exact", "flat", "hnsw", "int8", "binary")
@@ -78,4 +78,13 @@ def existing_file(path, flag: str):
 
     if not Path(path).is_file():
         raise InputError(f"{flag} {path}: no such file")
+    return path
+
+
+def existing_dir(path, flag: str):
+    """An input folder that must be there, checked before a dataset is loaded."""
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        raise InputError(f"{flag} {path}: no such folder")
     return path

@@ -276,7 +276,7 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
             from irlm import options
 
             where = f"stage '{st['name']}' setting"
-            options.one_of(settings.get("retriever"), ("bm25", "dense", "hybrid"), f"{where} retriever")
+            options.one_of(settings.get("retriever"), (*options.RETRIEVERS, "hybrid"), f"{where} retriever")
             options.device(settings.get("device"), f"{where} device")
         cls, out = config_class(st["kind"], settings)
         if cls is not None:
@@ -293,27 +293,26 @@ def stage_train(s: dict, folder: Path, run_dir: Path) -> dict:
 
 
 def stage_index(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.cli import _build
+    from irlm.systems import build_retriever
 
     kind, data = s.get("retriever", "bm25"), s.get("data", "scifact")
-    _build(kind, data, s.get("model", "minilm-l6"), s.get("device")).save(folder)
+    build_retriever(kind, data, s.get("model", "minilm-l6"), s.get("device")).save(folder)
     return {"index": str(folder), "retriever": kind, "data": data}
 
 
 def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.cli import _build
     from irlm.data import load_dataset
     from irlm.eval import evaluate, write_trec
-    from irlm.index import load_retriever
+    from irlm.systems import build_retriever, load_retriever
 
     data, split, k = s.get("data", "scifact"), s.get("split", "test"), _depth(s.get("k", 1000))
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"eval stage: dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
     if s.get("index"):
-        system = load_retriever(s["index"], s.get("device"))
+        system = load_retriever(s["index"], s.get("device"), data)
     else:
-        system = _build(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
+        system = build_retriever(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
     run = system.search(ds.split_queries(split), k)
     folder.mkdir(parents=True, exist_ok=True)
     write_trec(run, folder / "run.trec")

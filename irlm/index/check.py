@@ -29,6 +29,11 @@ def read_meta(folder: Path, kind: str, needs: tuple[str, ...]) -> dict:
     return meta
 
 
+def write_manifest(folder: Path, kind: str, **fields) -> None:
+    """meta.json naming what a saved system is, so `irlm.systems.load_retriever` can open it."""
+    (Path(folder) / "meta.json").write_text(json.dumps({"kind": kind, **fields}, indent=2))
+
+
 def read_json(folder: Path, name: str):
     path = folder / name
     if not path.is_file():

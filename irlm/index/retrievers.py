@@ -102,9 +102,12 @@ class HybridRetriever:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, folder, device: str | None = None, **_) -> HybridRetriever:
+    def load(cls, folder, device: str | None = None, open_part=None, **_) -> HybridRetriever:
+        """open_part(folder, device): how a part opens; irlm.systems passes its own so a part may be any
+        saved system, not only the core kinds."""
         meta = read_meta(Path(folder), "hybrid", ("method", "weights", "depth", "parts"))
-        parts = [load_retriever(Path(folder) / f"part{n}", device) for n in range(meta["parts"])]
+        open_part = open_part or load_retriever
+        parts = [open_part(Path(folder) / f"part{n}", device) for n in range(meta["parts"])]
         return cls(parts, meta["method"], meta["weights"], meta["depth"])
 
 
@@ -112,7 +115,8 @@ KINDS = {"bm25": BM25Retriever, "dense": DenseRetriever, "hybrid": HybridRetriev
 
 
 def load_retriever(folder, device: str | None = None):
-    """Open any saved retriever folder by the `kind` in its meta.json."""
+    """Open a saved BM25, dense or hybrid index by the `kind` in its meta.json. irlm.systems.load_retriever
+    opens these and every method's saved systems too; this one serves the core and the methods."""
     meta_path = Path(folder) / "meta.json"
     if not meta_path.is_file():
         raise InputError("not an irlm index folder (no meta.json)", str(folder))

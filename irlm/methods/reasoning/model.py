@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from irlm.index.check import write_manifest
 from irlm.methods.reasoning.rewards import EMB, THINK_CLOSE, THINK_OPEN
 
 CONFIG_FILE = "irlm_reasoning.json"
@@ -26,11 +27,13 @@ class ReasoningEmbedder:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.reasoning_tokens = max_length, reasoning_tokens
         missing = [t for t in (THINK_OPEN, THINK_CLOSE, EMB) if t not in tokenizer.get_vocab()]
+        self.grown = bool(missing)  # new marker rows are random: reloading the source would not match
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing})
             model.resize_token_embeddings(len(tokenizer))
         self.think, self.end, self.emb = (tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE, EMB))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.source: str | None = None  # the folder the weights were loaded from, while they still match it
 
     @classmethod
     def from_pretrained(cls, name: str, device: str | None = None, **kw) -> ReasoningEmbedder:
@@ -43,13 +46,16 @@ class ReasoningEmbedder:
         saved = Path(path) / CONFIG_FILE
         kw = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **kw}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(pick_device(device))
-        return cls(model, AutoTokenizer.from_pretrained(path), **kw)
+        emb = cls(model, AutoTokenizer.from_pretrained(path), **kw)
+        emb.source = None if emb.grown else str(path)  # what a saved index names
+        return emb
 
     def save(self, folder) -> None:
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         cfg = {"max_length": self.max_length, "reasoning_tokens": self.reasoning_tokens}
         (Path(folder) / CONFIG_FILE).write_text(json.dumps(cfg))
+        write_manifest(Path(folder), "reasoning")  # a model folder opens as a system given a corpus
 
     @property
     def device(self):

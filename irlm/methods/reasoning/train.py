@@ -21,6 +21,7 @@ from irlm.methods.reasoning.config import ReasoningConfig
 from irlm.methods.reasoning.keywords import condense, render
 from irlm.methods.reasoning.model import ReasoningEmbedder
 from irlm.methods.reasoning.prf import PRF_VERSION, PRFTeacher, is_prf
+from irlm.methods.reasoning.retriever import ReasoningRetriever
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
 from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
@@ -187,6 +188,9 @@ def train(cfg: ReasoningConfig) -> dict:
     history = Trainer(task, examples, train_config(cfg)).fit() if cfg.steps else []
     if world()[0] != 0:
         return {}
+    final = Path(cfg.output_dir) / "final"
+    if cfg.steps:  # the weights now differ from where they came from: a saved index names the final folder
+        emb.source = str(final) if final.is_dir() else None
     emb.model.eval()
     thinking = "none" if cfg.reasoning == "none" else cfg.eval_reasoning  # a model never taught to think
     fill = ablation_filler(cfg.reasoning, examples, cfg.seed) if thinking == "source" else None
@@ -248,24 +252,18 @@ def ablation_filler(source: str, examples: list[dict], seed: int = 0):
 
 def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str = "self", split: str = "test",
                       k: int = 1000, fill=None) -> dict[str, dict]:  # fmt: skip
-    """nDCG@10 etc. per dataset; queries think first (`self`: greedy, the model's own reasoning), embed
-    directly (`none`), or carry `fill(query_id, query)` in <think> (`source`, the ablations' own form)."""
+    """nDCG@10 etc. per dataset through the shared ReasoningRetriever; queries think first (`self`: greedy,
+    the model's own reasoning), embed directly (`none`), or carry `fill(query_id, query)` in <think>
+    (`source`, the ablations' own form)."""
     from irlm.eval import evaluate
-    from irlm.index import DenseIndex
 
     out = {}
     for name in names:
         ds = load_dataset(name)
         queries = ds.split_queries(split)
-        index = DenseIndex(emb.model.config.hidden_size)
-        index.add(ds.corpus.ids, emb.encode_docs(ds.corpus.texts()))
-        texts = list(queries.values())
-        samples = emb.sample(texts, 1, do_sample=False) if reasoning == "self" else None
-        thoughts = [t for t, _ in samples] if samples else None
-        if reasoning == "source":
-            thoughts = [fill(q, t) for q, t in queries.items()]
-        run = index.search_run(list(queries), emb.encode_queries(texts, thoughts), k)
-        out[name] = evaluate(run, ds.qrels[split])
+        system = ReasoningRetriever.build(ds.corpus, emb, reasoning, fill)
+        samples = system.think(queries)
+        out[name] = evaluate(system.search(queries, k, samples), ds.qrels[split])
         if samples:  # share of greedy thoughts the model closed itself with </think><emb>
             decoded = [THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
             out[name]["think_format"] = sum(map(format_reward, decoded)) / len(decoded)

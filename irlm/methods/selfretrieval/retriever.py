@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from irlm.index.check import write_manifest
 from irlm.index.trie import TokenTrie
 from irlm.methods.selfretrieval import decode
 from irlm.methods.selfretrieval.config import SelfRetrievalConfig
@@ -69,6 +70,7 @@ class SelfRetriever:
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         (Path(folder) / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
+        write_manifest(Path(folder), self.kind, data=self.cfg.data)  # opens with the corpus it memorised
 
     def candidates(self, query: str, beams: int | None = None) -> list[Candidate]:
         """Titles by constrained beam search, then passages under each title, then self-assessment."""

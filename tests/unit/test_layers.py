@@ -1,0 +1,48 @@
+"""Dependencies point down (DESIGN.md): cli -> pipeline/serve -> systems -> methods -> core."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import irlm
+
+ROOT = Path(irlm.__file__).parent
+
+
+def imported(path: Path) -> set[str]:
+    """Every irlm module a file imports, at any depth (lazy imports inside functions count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n == "irlm" or n.startswith("irlm.")}
+
+
+def files(under: str = "") -> list[Path]:
+    return sorted((ROOT / under).rglob("*.py"))
+
+
+def test_only_the_entry_point_imports_the_cli():
+    offenders = [str(p.relative_to(ROOT)) for p in files() if p.name != "cli.py" and "irlm.cli" in imported(p)]
+    assert offenders == []
+
+
+def test_methods_and_core_never_import_the_layers_above_them():
+    above = {"irlm.cli", "irlm.pipeline", "irlm.serve", "irlm.systems"}
+    low = [p for p in files() if p.parent != ROOT or p.name not in ("cli.py", "pipeline.py", "serve.py", "systems.py")]
+    offenders = {str(p.relative_to(ROOT)): sorted(imported(p) & above) for p in low if imported(p) & above}
+    assert offenders == {}
+
+
+def test_methods_never_import_each_other():
+    methods = [d.name for d in (ROOT / "methods").iterdir() if d.is_dir() and not d.name.startswith("_")]
+    offenders = {}
+    for name in methods:
+        for p in files(f"methods/{name}"):
+            others = {m for m in imported(p) for o in methods if o != name and m.startswith(f"irlm.methods.{o}")}
+            if others:
+                offenders[str(p.relative_to(ROOT))] = sorted(others)
+    assert offenders == {}
