@@ -1,5 +1,6 @@
 """HTTP search service: one retriever, loaded once, behind `POST /search`, `POST /encode`, the OpenAI-compatible
-`POST /v1/embeddings` and `GET /v1/models`, `GET /health` and `GET /metrics` (Prometheus text, prometheus_client).
+`POST /v1/embeddings` and `GET /v1/models`, `GET /health` and `GET /metrics` (Prometheus text, prometheus_client);
+on a writable server `POST /documents` and `DELETE /documents/{id}` change a BM25, dense or hybrid index live.
 
 Concurrent requests are micro-batched: the searches that arrive together become one `retriever.search`
 call, the texts to embed one encoder call. A cheap retriever (BM25) skips the batcher: its search, far
@@ -16,8 +17,9 @@ Example:
 from __future__ import annotations
 
 import base64
-import json
+import copy
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,6 @@ from starlette.exceptions import HTTPException
 
 from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.errors import InputError
-from irlm.index import load_retriever
 from irlm.models.generator.server import (
     MAX_BODY_BYTES,
     WRONG_KEY,
@@ -47,13 +48,17 @@ from irlm.models.generator.server import (
     is_loopback,
     read_api_key,
 )
+from irlm.types import Document
+from irlm.utils import check_replaceable, restore_interrupted
 
 log = logging.getLogger(__name__)
 
-# metric labels; any other path counts as "other"
-ROUTES = ("/search", "/encode", "/health", "/metrics", "/v1/embeddings", "/v1/models")
+# metric labels; /documents/{id} is one more, any other path counts as "other"
+ROUTES = ("/search", "/encode", "/health", "/metrics", "/v1/embeddings", "/v1/models", "/documents")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 CHEAP_KINDS = ("bm25",)  # retrievers whose search costs far less than a request: the fast path
+READ_ONLY = ("this server is read-only: start it with --writable (irlm serve) or writable=True (build_app) to "
+             "add, replace or delete documents")  # fmt: skip
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 
@@ -128,6 +133,29 @@ class EmbeddingsRequest(BaseModel):
     _token_ids = field_validator("input", mode="before")(no_token_ids)
 
 
+class NewDocument(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    id: Text
+    text: Text
+    title: str | None = None
+
+
+def unique_ids(docs: list[NewDocument]) -> list[NewDocument]:
+    seen = set()
+    for doc in docs:
+        if doc.id in seen:
+            raise ValueError(f"id '{doc.id}' appears twice; send each document once")
+        seen.add(doc.id)
+    return docs
+
+
+class DocumentsRequest(BaseModel):
+    """Documents to add; one whose id is already indexed replaces it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    documents: Annotated[list[NewDocument], Field(min_length=1), AfterValidator(unique_ids)]
+
+
 @dataclass
 class Limits:
     """This app's bounds on a request; beyond them the answer is 413 (too large) or 422 (k)."""
@@ -136,6 +164,7 @@ class Limits:
     max_k: int = 1000
     max_texts: int = 64
     max_text_chars: int = 32768  # passages run longer than queries; the encoder truncates to its max_length
+    max_documents: int = 256  # per update: each one re-indexes (BM25) and saves the whole index, so batch them
 
     def check_search(self, req: SearchRequest) -> None:
         if len(req.query) > self.max_query_chars:
@@ -150,6 +179,16 @@ class Limits:
             if len(text) > self.max_text_chars:
                 raise APIError(413, f"texts.{n}: {len(text)} characters; the limit is {self.max_text_chars}",
                                "texts")  # fmt: skip
+
+    def check_documents(self, req: DocumentsRequest) -> None:
+        if len(req.documents) > self.max_documents:
+            raise APIError(413, f"documents: {len(req.documents)} documents; the limit is {self.max_documents}",
+                           "documents")  # fmt: skip
+        for n, doc in enumerate(req.documents):
+            for name, text in (("text", doc.text), ("title", doc.title or "")):
+                if len(text) > self.max_text_chars:
+                    raise APIError(413, f"documents.{n}.{name}: {len(text)} characters; the limit is "
+                                        f"{self.max_text_chars}", "documents")  # fmt: skip
 
     def check_inputs(self, texts: list[str]) -> None:
         """/v1/embeddings' bounds: 400, as OpenAI answers an input over its limits."""
@@ -209,6 +248,119 @@ def batch_runner(retriever, encoder):
     return run
 
 
+def leaves(retriever) -> list:
+    """The retrievers a hybrid fuses (recursively); [retriever] for any other."""
+    if getattr(retriever, "kind", None) == "hybrid":
+        return [leaf for part in retriever.parts for leaf in leaves(part)]
+    return [retriever]
+
+
+def update_refusal(retriever, encoder) -> str | None:
+    """Why the served documents cannot change over HTTP; None for BM25, dense and hybrids of those."""
+    parts = leaves(retriever)
+    kinds = [getattr(leaf, "kind", type(leaf).__name__) for leaf in parts]
+    if "selfretrieval" in kinds:
+        return "Self-Retrieval memorised its corpus in the model's weights: new documents need another training run"
+    other = next((k for k, leaf in zip(kinds, parts) if k not in ("bm25", "dense") or not hasattr(leaf, "index")),
+                 None)  # fmt: skip
+    if other is not None:
+        return f"a '{other}' retriever has no document index that can be edited (BM25, dense and hybrids of them can)"
+    dense = [leaf for leaf in parts if leaf.kind == "dense"]
+    if len(dense) > 1:
+        return "this hybrid has more than one dense part; the server runs one encoder, so it could embed for one only"
+    if dense and dense[0].encoder is not encoder:
+        return "the server's encoder is not the dense index's own, so new documents would be embedded differently"
+    return None
+
+
+def upsert(index, ids: list[str], values: list) -> None:
+    """Replace the ids `index` holds, add the others (values: texts for BM25, vectors for dense)."""
+    known = set(index.ids)
+    old = [n for n, doc_id in enumerate(ids) if doc_id in known]
+    new = [n for n, doc_id in enumerate(ids) if doc_id not in known]
+    if old:
+        index.update([ids[n] for n in old], [values[n] for n in old])
+    if new:
+        index.add([ids[n] for n in new], [values[n] for n in new])
+
+
+def edited(retriever, change):
+    """A shallow copy of `retriever` whose index (each part's, in a hybrid) is a copy that `change(kind, index)`
+    edited; `retriever` and its indexes stay untouched, so searches go on reading them meanwhile."""
+    staged = copy.copy(retriever)
+    if retriever.kind == "hybrid":
+        staged.parts = [edited(part, change) for part in retriever.parts]
+    else:
+        staged.index = retriever.index.copy()
+        change(retriever.kind, staged.index)
+    return staged
+
+
+def adopt(retriever, staged) -> None:
+    """One assignment swaps the edited index (or the hybrid's list of parts) in: a search reads the old or the new."""
+    if retriever.kind == "hybrid":
+        retriever.parts = staged.parts
+    else:
+        retriever.index = staged.index
+
+
+class Documents:
+    """Adds, replaces and deletes the served documents. One writer at a time (the lock) edits copies of the
+    indexes, saves them to `folder` (atomically: irlm.utils.atomic_path) and only then swaps them in: searches
+    meanwhile read the old index, none sees half of an update, and an answered update is on disk."""
+
+    def __init__(self, retriever, folder: Path, embed):
+        self.retriever, self.folder, self.embed = retriever, folder, embed
+        self.dense = any(leaf.kind == "dense" for leaf in leaves(retriever))
+        self.lock = threading.Lock()
+
+    def upsert(self, docs: list[Document]) -> dict:
+        ids, texts = [d.id for d in docs], [d.full_text() for d in docs]  # title and text, as `irlm index` does
+        vectors = self.embed(texts) if self.dense else None  # before the lock: encoding holds no other writer back
+        with self.lock:
+            replaced = len(set(ids) & set(self.ids()))
+            self.commit(lambda kind, index: upsert(index, ids, texts if kind == "bm25" else vectors))
+            return {"added": len(ids) - replaced, "replaced": replaced, "docs": doc_count(self.retriever)}
+
+    def delete(self, doc_id: str) -> dict:
+        with self.lock:
+            if doc_id not in set(self.ids()):
+                raise APIError(404, f"no document with id '{doc_id}' in the index", "id")
+            if doc_count(self.retriever) == 1:
+                raise APIError(409, f"'{doc_id}' is the last document; an index keeps at least one", "id")
+            self.commit(lambda kind, index: index.remove([doc_id]))
+            return {"deleted": 1, "docs": doc_count(self.retriever)}
+
+    def ids(self) -> list[str]:
+        return leaves(self.retriever)[0].index.ids  # a hybrid's parts index the same documents
+
+    def commit(self, change) -> None:
+        try:
+            staged = edited(self.retriever, change)
+            staged.save(self.folder)  # the folder holds the old documents or the new ones, even after a kill -9
+        except InputError as e:  # e.g. BM25 finds no indexable term left
+            raise APIError(400, str(e)) from e
+        adopt(self.retriever, staged)
+
+
+def document_store(retriever, encoder, batcher: MicroBatcher, writable: bool, folder) -> tuple[Documents | None, str]:
+    """The writer behind /documents, or None and why updates are refused (403). A writable server that could
+    not save its updates refuses to start rather than failing at the first one."""
+    why = update_refusal(retriever, encoder)
+    if not writable:
+        return None, f"this server cannot change its documents: {why}" if why else READ_ONLY
+    if why:
+        raise InputError(f"--writable: {why}")
+    if folder is None:
+        raise InputError("writable=True needs the index folder the updates are saved to", field="folder")
+    check_replaceable(folder, "--writable index")
+
+    def embed(texts: list[str]) -> list[np.ndarray]:  # through the batcher: its thread owns the encoder
+        return [row for row, _ in submit(batcher, [("passage", text, 0) for text in texts])]
+
+    return Documents(retriever, Path(folder), embed), ""
+
+
 class BatchCounts:
     """A prometheus_client collector reading the batcher's own counters at scrape time."""
 
@@ -245,6 +397,13 @@ class Metrics:
         return prometheus_client.generate_latest(self.registry)
 
 
+def route_label(path: str) -> str:
+    """The metric label of a path: bounded values, so a document id never becomes a label of its own."""
+    if path in ROUTES:
+        return path
+    return "/documents/{id}" if path.startswith("/documents/") else "other"
+
+
 class Measure:
     """ASGI middleware: every request's endpoint, status and latency into `metrics` (outermost, so the guards'
     401 and 413 count too). Plain ASGI: FastAPI's `@app.middleware` costs a task and a stream per request."""
@@ -255,7 +414,7 @@ class Measure:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        endpoint = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
+        endpoint = route_label(scope["path"])
         start, status = time.perf_counter(), 500
 
         async def sending(message):
@@ -272,13 +431,16 @@ class Measure:
 
 def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY", max_query_chars: int = 2048,
               max_k: int = 1000, batch_size: int = 16, max_texts: int = 64, max_text_chars: int = 32768,
-              fast_path: bool | None = None, model_name: str | None = None) -> FastAPI:  # fmt: skip
+              fast_path: bool | None = None, model_name: str | None = None, writable: bool = False,
+              folder: str | Path | None = None, max_documents: int = 256) -> FastAPI:  # fmt: skip
     """A FastAPI app serving `retriever`; when $`api_key_env` is set, every route but /health needs
     `Authorization: Bearer <key>`. `fast_path` (default: for BM25) answers /search without the batcher;
     `model_name` is the id /v1/models lists and /v1/embeddings expects (default: the encoder's model).
+    `writable` accepts POST /documents and DELETE /documents/{id}, each saved to `folder` (the index's own)
+    before it is answered; otherwise both are 403.
 
     Example:
-        >>> app = build_app(load_retriever("runs/scifact-bm25"))  # doctest: +SKIP
+        >>> app = build_app(open_retriever("runs/scifact-bm25"))  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8001)  # doctest: +SKIP
     """
     encoder = encoder or find_encoder(retriever)
@@ -294,17 +456,20 @@ def build_app(retriever, encoder=None, api_key_env: str | None = "IRLM_API_KEY",
     app.add_middleware(Measure, metrics=metrics)  # added last: the outermost
     add_error_handlers(app)
     router = APIRouter(dependencies=[Depends(key_checker(api_key))])
-    limits = Limits(max_query_chars, max_k, max_texts, max_text_chars)
+    limits = Limits(max_query_chars, max_k, max_texts, max_text_chars, max_documents)
     fast = is_cheap(retriever) if fast_path is None else fast_path
     add_search_route(router, limits, batcher, retriever if fast else None, metrics)
     add_routes(router, limits, batcher, encoder, metrics)
     add_openai_routes(router, limits, batcher, encoder, model_name)
+    documents, refusal = document_store(retriever, encoder, batcher, writable, folder)
+    add_document_routes(router, limits, documents, refusal)
     app.include_router(router)
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "kind": getattr(retriever, "kind", type(retriever).__name__),
-                "docs": doc_count(retriever), "encode": encoder is not None}  # fmt: skip
+                "docs": doc_count(retriever), "encode": encoder is not None,
+                "writable": documents is not None}  # fmt: skip
 
     return app
 
@@ -344,6 +509,24 @@ def add_routes(router: APIRouter, limits: Limits, batcher: MicroBatcher, encoder
     @router.get("/metrics")
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=PROMETHEUS_TEXT)
+
+
+def add_document_routes(router: APIRouter, limits: Limits, documents: Documents | None, refusal: str) -> None:
+    """POST /documents adds or replaces, DELETE /documents/{id} removes (an id may hold "/": the path's rest)."""
+
+    async def writable() -> None:  # a dependency: runs before the body is validated
+        if documents is None:
+            raise APIError(403, refusal)
+
+    # plain `def` routes: FastAPI runs them in its thread pool, so re-indexing and saving never stall the loop
+    @router.post("/documents", dependencies=[Depends(writable)])
+    def add_documents(req: DocumentsRequest) -> dict:
+        limits.check_documents(req)
+        return documents.upsert([Document(d.id, d.text, d.title or "") for d in req.documents])
+
+    @router.delete("/documents/{doc_id:path}", dependencies=[Depends(writable)])
+    def delete_document(doc_id: str) -> dict:
+        return documents.delete(doc_id)
 
 
 def add_openai_routes(router: APIRouter, limits: Limits, batcher: MicroBatcher, encoder, name: str | None) -> None:
@@ -452,25 +635,19 @@ def validation_error(err: dict) -> APIError:
 
 
 def open_retriever(index: str, device: str | None = None, data: str | None = None):
-    """A saved index folder, or a Self-Retrieval model folder with the corpus it memorised (`data`,
-    by default the dataset named in its selfretrieval.json)."""
-    from irlm.methods.selfretrieval.retriever import CONFIG_FILE, SelfRetriever
+    """Any saved system, through the one registry (irlm.systems): an index folder, a Self-Retrieval model
+    folder with the corpus it memorised (`data`, by default the one its manifest names), a reasoning
+    model or index."""
+    from irlm.systems import load_retriever
 
-    config = Path(index) / CONFIG_FILE
-    if not config.is_file():
-        return load_retriever(index, device)
-    from irlm.data import load_dataset
-
-    data = data or json.loads(config.read_text()).get("data")
-    if not data:
-        raise InputError("no dataset named; pass the corpus the model memorised", str(config), field="data")
-    return SelfRetriever.load(index, load_dataset(data).corpus, device)
+    return load_retriever(index, device, data)
 
 
 def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: str | None = "IRLM_API_KEY",
           batch_size: int = 16, device: str | None = None, data: str | None = None, fast_path: bool | None = None,
-          model_name: str | None = None) -> None:  # fmt: skip
-    """Load the retriever in `index` once and serve it on host:port until interrupted.
+          model_name: str | None = None, writable: bool = False) -> None:  # fmt: skip
+    """Load the retriever in `index` once and serve it on host:port until interrupted; `writable` accepts
+    document updates, each saved to `index` before it is answered.
 
     The key, if any, is read from the environment variable `api_key_env` so it never shows in `ps`.
 
@@ -482,8 +659,9 @@ def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: st
     if read_api_key(api_key_env) is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
                     api_key_env or "IRLM_API_KEY")  # fmt: skip
+    restore_interrupted(index)  # a save killed between its two renames, where renames cannot swap (not Linux)
     retriever = open_retriever(index, device, data)
     # a micro-batch of batch_size is one encoder forward: larger ones only make early requests wait for later ones
     app = build_app(retriever, api_key_env=api_key_env, batch_size=batch_size, fast_path=fast_path,
-                    model_name=model_name)  # fmt: skip
+                    model_name=model_name, writable=writable, folder=index)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="info")

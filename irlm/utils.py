@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from functools import cache
@@ -73,10 +77,12 @@ def _check_writable(path: Path, flag: str) -> None:
 
 
 def clean_stale_temporaries(path: str | Path) -> None:
-    """Remove temporary siblings of `path` left by killed processes (their pid is in the name and dead)."""
+    """Remove temporary siblings of `path` left by killed processes (their pid is in the name and dead),
+    after putting back a folder such a process had moved aside (see `restore_interrupted`)."""
     path = Path(path)
     if not path.parent.is_dir():
         return
+    restore_interrupted(path)
     for sibling in path.parent.iterdir():
         pid = _temporary_pid(sibling.name, path.name)
         if pid is not None and pid != os.getpid() and not _alive(pid):
@@ -90,6 +96,19 @@ def _temporary_pid(name: str, of: str) -> int | None:
         if rest != name and rest.split("-")[0].isdigit():
             return int(rest.split("-")[0])
     return None
+
+
+def restore_interrupted(path: str | Path) -> None:
+    """Where the two-rename fallback of `_replace` was killed between its renames, `path` is missing and the
+    last committed folder waits beside it as `.NAME.old-PID`: rename it back (only irlm's own, of a dead PID)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        return
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
+        pid = _temporary_pid(sibling.name, path.name)
+        if pid is not None and not _alive(pid) and sibling.is_dir() and made_by_irlm(sibling):
+            os.replace(sibling, path)
+            return
 
 
 def _alive(pid: int) -> bool:
@@ -118,21 +137,61 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if tmp.is_dir():
             mark_as_irlm(tmp)
+        _pause_for_tests()  # a test kills the process here: the last committed folder must still be whole
         _replace(tmp, path)
+        _pause_for_tests()  # ... and here, before the old one is removed: the new one must be whole
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 def _replace(tmp: Path, path: Path) -> None:
+    """Put `tmp` at `path`. A folder replacing a folder is swapped with it in one step where the system can
+    (Linux's RENAME_EXCHANGE; the old one then lies in tmp's place, removed with it), so a process killed at
+    any moment leaves `path` holding the old folder or the new one. Elsewhere two renames, old aside then
+    new in: a kill between them leaves no folder at `path` until `restore_interrupted` puts the old back."""
     if path.is_dir() and not tmp.is_dir():
         raise InputError(f"{path} is a folder; cannot write a file in its place")
-    if path.is_dir():
+    if not path.is_dir():
+        os.replace(tmp, path)
+    elif not _exchange(tmp, path):
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where the libc, kernel or file system
+    lacks it (macOS, Windows, glibc before 2.28, some network file systems)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "renameat2"):
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE from <fcntl.h> and <linux/fs.h>
+    if libc.renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
+    except OSError:
+        return None
+
+
+def _pause_for_tests() -> None:
+    """Sleep $IRLM_TEST_COMMIT_PAUSE seconds: tests only, to kill -9 a process in the middle of a commit."""
+    pause = os.environ.get("IRLM_TEST_COMMIT_PAUSE")
+    if pause:
+        import time
+
+        time.sleep(float(pause))
 
 
 def write_json(path: str | Path, obj) -> None:

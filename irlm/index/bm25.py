@@ -72,6 +72,12 @@ class BM25Index:
         self.ids, self.texts = [i for i, _ in kept], [t for _, t in kept]
         self._bm25 = None
 
+    def copy(self) -> BM25Index:
+        """Another index of the same documents and settings, to edit while searches go on reading this one."""
+        twin = BM25Index(self.k1, self.b, self.method, self.language, self.stopwords)
+        twin.ids, twin.texts = list(self.ids), list(self.texts)
+        return twin
+
     def _index(self, progress: bool = True):
         if self._bm25 is None:
             if not self.ids:

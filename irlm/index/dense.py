@@ -124,6 +124,16 @@ class DenseIndex:
         self._pos = {doc_id: n for n, doc_id in enumerate(self.ids)}
         self._faiss = None
 
+    def copy(self) -> DenseIndex:
+        """Another index of the same vectors and settings, to edit while searches go on reading this one. The
+        vectors are shared read-only (copy on write): update() copies them first, add() and remove() make new ones."""
+        twin = DenseIndex(self.dim, self.backend, self.chunk, self.hnsw_m, self.ef_search, dict(self.meta),
+                          self.rescore)  # fmt: skip
+        twin.ids, twin._pos = list(self.ids), dict(self._pos)
+        twin.vectors = self.vectors.view()
+        twin.vectors.flags.writeable = False
+        return twin
+
     def _faiss_index(self):
         import faiss
 
