@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from irlm.errors import InputError
 from irlm.models import pooling
 from irlm.models.resolve import encoder_defaults, resolve_model
-from irlm.utils import atomic_path, bf16_is_faster, pick_device
+from irlm.utils import atomic_path, bf16_is_faster, did_you_mean, pick_device
 
 CONFIG_FILE = "irlm_encoder.json"
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",
@@ -48,9 +48,14 @@ class EncoderConfig:
     trust_remote_code: bool = False  # off unless asked: remote code runs with your rights
 
     @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, source: str | None = None) -> EncoderConfig:
+        """An EncoderConfig from a mapping; an unknown key (a typo, or a file from another version) is
+        refused with the nearest valid name rather than dropped. source: the file it came from."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise InputError(f"unknown encoder setting '{unknown[0]}'{did_you_mean(unknown[0], known)}", source)
+        return cls(**d)
 
 
 def _infer_defaults(path: str, trust_remote_code: bool) -> dict:
@@ -67,6 +72,7 @@ def _load_config(name: str, overrides: dict) -> tuple[EncoderConfig, str]:
     if saved.is_file():
         stored = json.loads(saved.read_text())
         stored.pop("trust_remote_code", None)  # a received file must not switch remote code on
+        EncoderConfig.from_dict({**stored, "model": name}, str(saved))  # a bad key in the file names the file
         cfg = EncoderConfig.from_dict({**stored, **overrides, "model": name})
         return cfg, name
     path = resolve_model(name)

@@ -242,3 +242,17 @@ def test_trainers_lowercase_by_default():
     from irlm.methods.drama.config import RetrieverConfig
 
     assert RetrieverConfig().lowercase and AnchorConfig().lowercase
+
+
+def test_unknown_encoder_settings_are_refused_with_the_nearest_name(tmp_path, llama_dir):
+    from irlm.models.encoder import EncoderConfig
+
+    with pytest.raises(InputError, match="unknown encoder setting 'lowercse'.*lowercase"):
+        EncoderConfig.from_dict({"model": "m", "lowercse": True})  # once dropped: the model stayed cased
+    with pytest.raises(InputError, match="'poling'.*pooling"):
+        LLMEncoder.from_pretrained(str(llama_dir), device="cpu", poling="mean")
+    _encoder(llama_dir).save(tmp_path / "enc")
+    saved = json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())
+    (tmp_path / "enc" / CONFIG_FILE).write_text(json.dumps({**saved, "max_lenght": 64}))
+    with pytest.raises(InputError, match=f"{CONFIG_FILE}.*'max_lenght'.*max_length"):
+        LLMEncoder.from_pretrained(str(tmp_path / "enc"), device="cpu")
