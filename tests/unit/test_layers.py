@@ -46,3 +46,37 @@ def test_methods_never_import_each_other():
             if others:
                 offenders[str(p.relative_to(ROOT))] = sorted(others)
     assert offenders == {}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the irlm modules it imports (a package's own __init__ is not an edge of its children)."""
+    names = {module_name(p): p for p in files()}
+    graph = {}
+    for name, path in names.items():
+        found = imported(path)
+        found |= {f"{m}.{a.name}" for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+                  and (m := node.module) and m.startswith("irlm") for a in node.names}  # fmt: skip
+        graph[name] = {d for d in found if d in names and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def test_no_import_cycles():
+    graph, seen, cycles = import_graph(), set(), []
+
+    def visit(node: str, path: list[str]) -> None:
+        for dep in graph[node]:
+            if dep in path:
+                cycles.append(path[path.index(dep) :] + [dep])
+            elif dep not in seen:
+                visit(dep, path + [dep])
+        seen.add(node)
+
+    for name in graph:
+        if name not in seen:
+            visit(name, [name])
+    assert cycles == []
