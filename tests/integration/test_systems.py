@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from conftest import cli
@@ -145,3 +146,20 @@ def test_the_reasoning_system_is_an_encoder_that_thinks_first(reasoning_model, d
     assert got.tobytes() == emb.encode_queries(texts, thoughts).tobytes()
     assert got.tobytes() != emb.encode_queries(texts).tobytes()  # not the direct embedding
     assert system.encoder.encode_corpus(["a b"]).shape == (1, system.encoder.dim)
+
+
+def test_a_reasoning_system_is_served_like_any_dense_one(reasoning_model, dataset):
+    from fastapi.testclient import TestClient
+
+    from irlm.serve import build_app
+
+    emb = ReasoningEmbedder.from_pretrained(str(reasoning_model), device="cpu")
+    system = ReasoningRetriever.build(dataset.corpus, emb)
+    query = dataset.split_queries("test")["q1"]
+    with TestClient(build_app(system, api_key_env=None)) as http:
+        hits = http.post("/search", json={"query": query, "k": 3}).json()["results"]
+        assert [h["id"] for h in hits] == list(system.search({"q": query}, 3)["q"])
+        got = http.post("/encode", json={"texts": [query]}).json()["embeddings"]
+        np.testing.assert_allclose(got, system.encoder.encode_queries([query]), atol=1e-5)
+        model = http.get("/v1/models").json()["data"][0]
+        assert model["dimensions"] == system.encoder.dim and model["id"] == str(reasoning_model)

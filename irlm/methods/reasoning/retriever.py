@@ -12,6 +12,7 @@ are embedded on load.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from irlm.data import load_dataset
@@ -24,6 +25,17 @@ from irlm.utils import atomic_path
 THINKING = ("self", "none")  # greedy thoughts of the model's own, or the query embedded directly
 
 
+@dataclass
+class ThinkingConfig:
+    """What a server reports of the encoder (the fields of EncoderConfig it reads): the markers are the
+    model's own, so no text is prepended."""
+
+    model: str
+    max_length: int
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
 class ThinkingEncoder:
     """The Encoder protocol over a ReasoningEmbedder: each query thinks (greedily) before it is embedded,
     so serving (`/encode`, `/v1/embeddings`) and fusion treat it like any other encoder."""
@@ -31,6 +43,11 @@ class ThinkingEncoder:
     def __init__(self, emb: ReasoningEmbedder, thinking: str = "self"):
         self.emb, self.thinking = emb, thinking
         self.dim = emb.model.config.hidden_size
+        self.config = ThinkingConfig(emb.source or "reasoning", emb.max_length)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """The tokens of each text as written (a query's thought comes on top, like a completion's)."""
+        return [self.emb.ids(t) for t in texts]
 
     def encode_corpus(self, docs: list[str], batch_size: int | None = None, **_):
         return self.emb.encode_docs(docs, batch_size or 32)
