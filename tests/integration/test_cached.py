@@ -144,12 +144,13 @@ def test_two_processes_equal_one(tmp_path):
     assert b["filled"] == [len(set(texts_of(toy_examples(16)))), 0]  # rank 0 fills; rank 1 reads its rows
 
 
-def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_beir, llama_dir):
+def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_beir, llama_dir, monkeypatch):
+    from irlm.index.retrievers import DenseRetriever
     from irlm.methods.drama.config import RetrieverConfig
     from irlm.methods.drama.train import train
 
-    def run(seed: int) -> dict:
-        cfg = RetrieverConfig(model=str(llama_dir), data=str(toy_beir), train_split="test", eval_data=[],
+    def run(seed: int, eval_data: tuple = ()) -> dict:
+        cfg = RetrieverConfig(model=str(llama_dir), data=str(toy_beir), train_split="test", eval_data=list(eval_data),
                               dev_queries=1, output_dir=str(tmp_path / f"s{seed}"), steps=2, batch_size=2,
                               max_length=32, precision="fp32", save_every=0, device="cpu", n_negatives=0,
                               cache_layers=1, activations=str(tmp_path / "acts"), seed=seed)  # fmt: skip
@@ -160,7 +161,12 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     assert set(first["metrics"]) == {f"{toy_beir}-dev"} and first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
     rows = len((tmp_path / "acts" / "index.jsonl").read_text().splitlines())
     assert rows == 4 + 4  # 2 training queries and their 2 documents; evaluation added 3 documents and the dev query
-    run(2)  # another seed reuses every state: nothing new is computed
+    builds = []
+    build = DenseRetriever.build.__func__
+    monkeypatch.setattr(DenseRetriever, "build", classmethod(lambda cls, *a, **kw: builds.append(1) or build(cls, *a, **kw)))
+    second = run(2, eval_data=[str(toy_beir)])  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
+    assert set(second["metrics"]) == {f"{toy_beir}-dev", str(toy_beir), f"{toy_beir}+bm25"}
+    assert len(builds) == 1  # dev and test queries of one corpus search one encoding of it
     saved = json.loads((tmp_path / "s1" / "final" / "irlm_encoder.json").read_text())
     assert saved["lowercase"] is True  # trained retrievers read every casing alike by default

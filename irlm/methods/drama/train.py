@@ -16,8 +16,7 @@ import torch
 from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples
 from irlm.eval import evaluate
-from irlm.eval.benchmark import evaluate_encoder
-from irlm.index import DenseRetriever
+from irlm.eval.benchmark import dense_retriever, evaluate_encoder
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
@@ -44,13 +43,13 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
     return examples
 
 
-def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str]) -> dict[str, dict]:
+def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict | None = None) -> dict[str, dict]:
     """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe)."""
     if not held_out:
         return {}
     ds = load_dataset(cfg.data)
     queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
-    run = DenseRetriever.build(ds.corpus, encoder).search(queries, k=1000)
+    run = dense_retriever(encoder, ds, built).search(queries, k=1000)
     qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
     return {f"{cfg.data}-dev": evaluate(run, qrels)}
 
@@ -78,9 +77,11 @@ def train(cfg: RetrieverConfig) -> dict:
     if bf16_is_faster(encoder.device):
         encoder.model.to(torch.bfloat16)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
+    built = {}  # the dev queries and the test queries of one corpus search one encoding of it
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
-               "metrics": {**evaluate_dev(encoder, cfg, held_out),
-                           **evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid)}}
+               "metrics": {**evaluate_dev(encoder, cfg, held_out, built),
+                           **evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid,
+                                              built=built)}}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
