@@ -139,6 +139,14 @@ def bert_encoder(bert_dir):
     return LLMEncoder.from_pretrained(str(bert_dir), device="cpu", dtype="fp32")
 
 
+def same_run(a, b) -> None:
+    """Two runs rank the same documents in the same order, with scores equal to 1e-5."""
+    assert a.keys() == b.keys()
+    for q in a:
+        assert list(a[q]) == list(b[q])
+        assert a[q] == pytest.approx(b[q], abs=1e-5)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now (for the tests' real server processes)."""
     import socket

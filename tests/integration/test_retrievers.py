@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import same_run
 
 from irlm.data.beir import load_beir
 from irlm.errors import InputError
@@ -25,13 +26,6 @@ def bm25(dataset):
 @pytest.fixture(params=["exact", "hnsw"])
 def dense(request, dataset, llama_encoder):
     return DenseRetriever.build(dataset.corpus, llama_encoder, backend=request.param)
-
-
-def _same_run(a, b):
-    assert a.keys() == b.keys()
-    for q in a:
-        assert list(a[q]) == list(b[q])
-        assert a[q] == pytest.approx(b[q], abs=1e-5)
 
 
 def test_bm25_retriever_finds_the_judged_docs(dataset, bm25):
@@ -84,7 +78,7 @@ def test_save_load_each_kind(tmp_path, dataset, bm25, dense):
         loaded = load_retriever(tmp_path / name, device="cpu")
         assert type(loaded) is type(retriever)
         assert json.loads((tmp_path / name / "meta.json").read_text())["kind"] == name
-        _same_run(loaded.search(queries, k=5), before)
+        same_run(loaded.search(queries, k=5), before)
     loaded = load_retriever(tmp_path / "hybrid")
     assert (loaded.method, loaded.weights) == ("weighted", [0.3, 0.7])
     assert [type(p) for p in loaded.parts] == [BM25Retriever, DenseRetriever]

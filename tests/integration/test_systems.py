@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, same_run
 
 from irlm.data import load_beir
 from irlm.errors import InputError
@@ -16,13 +16,6 @@ from irlm.index import BM25Retriever, HybridRetriever
 from irlm.methods.reasoning.model import ReasoningEmbedder
 from irlm.methods.reasoning.retriever import ReasoningRetriever
 from irlm.systems import build_retriever, load_retriever, system_kind
-
-
-def _same_run(a, b):
-    assert a.keys() == b.keys()
-    for q in a:
-        assert list(a[q]) == list(b[q])
-        assert a[q] == pytest.approx(b[q], abs=1e-5)
 
 
 @pytest.fixture
@@ -49,9 +42,9 @@ def test_a_reasoning_index_saves_and_reopens_through_the_registry(reasoning_mode
     assert system_kind(tmp_path / "idx") == "reasoning"
     loaded = load_retriever(tmp_path / "idx", device="cpu")
     assert isinstance(loaded, ReasoningRetriever) and loaded.thinking == "self"
-    _same_run(loaded.search(queries, k=5), before)
+    same_run(loaded.search(queries, k=5), before)
     # the model folder itself opens too, given the corpus to embed, and ranks the same way
-    _same_run(load_retriever(reasoning_model, "cpu", str(toy_beir)).search(queries, k=5), before)
+    same_run(load_retriever(reasoning_model, "cpu", str(toy_beir)).search(queries, k=5), before)
     with pytest.raises(InputError, match="--data"):
         load_retriever(reasoning_model, "cpu")
 
@@ -85,10 +78,10 @@ def test_a_selfretrieval_folder_opens_with_the_corpus_it_memorised(lm_dir, toy_b
     queries = dataset.split_queries("test")
     before = sr.search(queries, k=3)
     assert json.loads((tmp_path / "sr" / "meta.json").read_text()) == {"kind": "selfretrieval", "data": str(toy_beir)}
-    _same_run(load_retriever(tmp_path / "sr", "cpu").search(queries, k=3), before)
+    same_run(load_retriever(tmp_path / "sr", "cpu").search(queries, k=3), before)
     (tmp_path / "sr" / "meta.json").unlink()  # a folder saved before manifests: known by selfretrieval.json
     assert system_kind(tmp_path / "sr") == "selfretrieval"
-    _same_run(load_retriever(tmp_path / "sr", "cpu").search(queries, k=3), before)
+    same_run(load_retriever(tmp_path / "sr", "cpu").search(queries, k=3), before)
 
 
 def test_a_hybrid_part_may_be_any_saved_system(reasoning_model, dataset, tmp_path):
@@ -101,7 +94,7 @@ def test_a_hybrid_part_may_be_any_saved_system(reasoning_model, dataset, tmp_pat
     hybrid.save(tmp_path / "hy")
     loaded = load_retriever(tmp_path / "hy", "cpu")
     assert [type(p) for p in loaded.parts] == [BM25Retriever, ReasoningRetriever]
-    _same_run(loaded.search(queries, k=5), before)
+    same_run(loaded.search(queries, k=5), before)
     with pytest.raises(InputError, match="reasoning"):
         load_core_index(tmp_path / "hy")  # the core alone knows only its own kinds
 

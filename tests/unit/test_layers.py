@@ -11,11 +11,13 @@ ROOT = Path(irlm.__file__).parent
 
 
 def imported(path: Path) -> set[str]:
-    """Every irlm module a file imports, at any depth (lazy imports inside functions count too)."""
+    """Every irlm module a file imports, at any depth (lazy imports inside functions count too); for
+    `from M import x` both M and M.x, since x may be a module."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     return {n for n in names if n == "irlm" or n.startswith("irlm.")}
@@ -58,10 +60,7 @@ def import_graph() -> dict[str, set[str]]:
     names = {module_name(p): p for p in files()}
     graph = {}
     for name, path in names.items():
-        found = imported(path)
-        found |= {f"{m}.{a.name}" for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
-                  and (m := node.module) and m.startswith("irlm") for a in node.names}  # fmt: skip
-        graph[name] = {d for d in found if d in names and d != name and not name.startswith(d + ".")}
+        graph[name] = {d for d in imported(path) if d in names and d != name and not name.startswith(d + ".")}
     return graph
 
 
