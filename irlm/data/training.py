@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,3 +47,24 @@ def read_examples(path: str | Path) -> list[TrainExample]:
 
 def write_examples(path: str | Path, examples: list[TrainExample]) -> None:
     write_jsonl(path, (e.to_json() for e in examples))
+
+
+CASINGS = {"upper": str.upper, "title": str.title, "lower": str.lower}
+
+
+def recase(examples: list[TrainExample], share: float, seed: int = 0) -> list[TrainExample]:
+    """A copy in which about `share` of the queries, and independently of the passages, are re-written in upper,
+    title or lower case (one drawn per text). The draw is a function of (seed, position), so the same examples
+    give the same texts on every run and every process, and a cache keyed by text stays valid."""
+    rng = random.Random(seed)
+    names = sorted(CASINGS)
+
+    def maybe(text: str) -> str:
+        hit, name = rng.random() < share, rng.choice(names)  # two draws per text either way: positions stay aligned
+        return CASINGS[name](text) if hit else text
+
+    out = []
+    for ex in examples:
+        query, pos, neg = maybe(ex.query), [maybe(t) for t in ex.positives], [maybe(t) for t in ex.negatives]
+        out.append(TrainExample(query, pos, neg, ex.meta))
+    return out

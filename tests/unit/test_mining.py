@@ -36,3 +36,30 @@ def test_examples_round_trip_and_errors(tmp_path):
     path.write_text('{"query": "q", "positives": []}\n')
     with pytest.raises(InputError, match=r"train.jsonl:1: field 'positives'"):
         read_examples(path)
+
+
+def test_case_augmentation_recases_a_share_of_queries_and_passages_the_same_on_every_run():
+    from irlm.data.training import recase
+
+    examples = [TrainExample(f"Vitamin D query {i}", [f"Passage on Vitamin D {i}"], [f"Other text {i}"], {"qid": i})
+                for i in range(400)]  # fmt: skip
+    out = recase(examples, 0.3, seed=7)
+    assert recase(examples, 0.3, seed=7) == out and recase(examples, 0.3, seed=8) != out
+    assert [e.meta for e in out] == [e.meta for e in examples] and examples[0].query == "Vitamin D query 0"
+    texts = [(a, b) for x, y in zip(examples, out) for a, b in zip([x.query, *x.positives, *x.negatives],
+                                                                    [y.query, *y.positives, *y.negatives])]
+    changed = [(a, b) for a, b in texts if a != b]
+    assert 0.24 < len(changed) / len(texts) < 0.36  # 0.3 drawn (1,200 texts: 0.013 standard deviation)
+    assert {b for a, b in changed} <= {f(a) for a, _ in changed for f in (str.upper, str.title, str.lower)}
+    assert any(b == a.upper() for a, b in changed) and any(b == a.lower() for a, b in changed)
+    assert any(b == a.title() and b != a for a, b in changed)
+    assert recase(examples, 0.0) == examples and all(e.query.isupper() or e.query.islower() or e.query.istitle()
+                                                     for e in recase(examples, 1.0))  # fmt: skip
+
+
+def test_the_retriever_config_refuses_a_share_outside_0_1():
+    from irlm.methods.drama.config import RetrieverConfig
+
+    assert RetrieverConfig(case_augment=0.5).case_augment == 0.5
+    with pytest.raises(InputError, match="case_augment"):
+        RetrieverConfig(case_augment=1.5)

@@ -82,10 +82,19 @@ class RetrieverConfig:
     pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
     max_length: int = 128
     lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
+    # > 0: re-write this share of the training queries and passages in upper, title or lower case (the
+    # alternative to lowercase: the model sees casings instead of never seeing case; README: Casing)
+    case_augment: float = 0.0
     precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     seed: int = 42
     save_every: int = 10
     device: str | None = None
+
+    def __post_init__(self):
+        from irlm.errors import InputError
+
+        if not 0 <= self.case_augment <= 1:
+            raise InputError(f"setting case_augment must be between 0 and 1, got {self.case_augment}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from irlm.data import load_dataset
-from irlm.data.training import TrainExample, read_examples
+from irlm.data.training import TrainExample, read_examples, recase
 from irlm.eval import evaluate
 from irlm.eval.benchmark import dense_retriever, evaluate_encoder
 from irlm.methods.drama.config import RetrieverConfig
@@ -40,7 +40,7 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
     examples = [ex for ex in examples if ex.meta.get("qid") not in held_out]
     for path in cfg.augment_files:
         examples.extend(read_examples(path)[: cfg.augment_limit or None])
-    return examples
+    return recase(examples, cfg.case_augment, cfg.seed) if cfg.case_augment else examples
 
 
 def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict | None = None) -> dict[str, dict]:
