@@ -78,15 +78,16 @@ def _check_writable(path: Path, flag: str) -> None:
 
 def clean_stale_temporaries(path: str | Path) -> None:
     """Remove temporary siblings of `path` left by killed processes (their pid is in the name and dead),
-    after putting back a folder such a process had moved aside (see `restore_interrupted`)."""
+    after putting back a folder such a process had moved aside (see `restore_interrupted`). Only folders
+    carrying irlm's marker go: a look-alike name that irlm did not make is left alone."""
     path = Path(path)
     if not path.parent.is_dir():
         return
     restore_interrupted(path)
     for sibling in path.parent.iterdir():
         pid = _temporary_pid(sibling.name, path.name)
-        if pid is not None and pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() else sibling.unlink(missing_ok=True)
+        if pid is not None and pid != os.getpid() and not _alive(pid) and sibling.is_dir() and made_by_irlm(sibling):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _temporary_pid(name: str, of: str) -> int | None:
@@ -133,6 +134,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)) / path.name
+    mark_as_irlm(tmp.parent)  # so that the next save may remove it if this process is killed
     try:
         yield tmp
         if tmp.is_dir():

@@ -14,7 +14,7 @@ import yaml
 from irlm import pipeline
 from irlm.errors import InputError
 from irlm.index import BM25Index
-from irlm.utils import MARKER, atomic_path, made_by_irlm
+from irlm.utils import MARKER, atomic_path, made_by_irlm, mark_as_irlm
 
 
 def irlm(*args, cwd=None):
@@ -111,13 +111,15 @@ def test_temporaries_of_a_killed_writer_are_cleaned_on_the_next_save(tmp_path):
     dead.wait()  # a pid that no process holds any more
     stale = tmp_path / f".bm25.tmp-{dead.pid}-abcd1234" / "bm25"
     stale.mkdir(parents=True)
+    mark_as_irlm(stale.parent)  # as atomic_path marks its temporaries
     (stale / "vectors.npy").write_bytes(b"\0" * 1000)
     live = tmp_path / f".bm25.tmp-{os.getpid()}-other"  # a writer still running: kept
-    live.mkdir()
+    mark_as_irlm(user_folder(live))
+    alike = user_folder(tmp_path / f".bm25.tmp-{dead.pid}-mine")  # the name of a temporary, not irlm's: kept
     index = BM25Index()
     index.add(["a"], ["the cat sat"])
     index.save(tmp_path / "bm25")
-    assert sorted(os.listdir(tmp_path)) == [live.name, "bm25"]
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, alike.name, "bm25"]) and intact(alike)
 
 
 def test_cli_index_refuses_a_foreign_out_folder_and_the_working_directory(tmp_path, toy_beir):
@@ -150,7 +152,10 @@ def test_a_rerun_cleans_the_temporaries_of_a_stage_killed_mid_write(tmp_path, ma
     dead.wait()
     stale = run / f".idx.tmp-{dead.pid}-k1ll3d" / "idx"
     stale.mkdir(parents=True)
+    mark_as_irlm(stale.parent)
     (stale / "vectors.npy").write_bytes(b"\0" * 10_000)
-    (run / f".idx.old-{dead.pid}").mkdir()  # the old copy of a replace cut short
+    old = run / f".idx.old-{dead.pid}"  # the old copy of a replace cut short
+    old.mkdir()
+    mark_as_irlm(old)
     pipeline.run_pipeline(write_recipe(tmp_path, run, ["a", "idx"]))
     assert sorted(p.name for p in run.iterdir()) == [MARKER, "a", "idx", "state.json"]

@@ -122,3 +122,17 @@ def test_importing_bm25_keeps_jax_from_reserving_the_gpu():
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true"  # a user's own setting wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "true"
+
+
+@pytest.mark.parametrize("collection", ["scifact", "cranfield", "nq-open-oracle"])
+def test_query_terms_equal_bm25s_tokenize_on_every_real_query(collection):
+    """The served path's tokenizer (no progress bars) must give the terms bm25s gives, or scores drift."""
+    from conftest import DATA
+
+    from irlm.data.beir import read_queries
+
+    queries = list(read_queries(DATA / collection / "queries.jsonl").values())
+    queries += ["", "THE AND OF", "Vitamin-D's 2x effects, e.g. in mice?!", "naïve café Ünïcode ß"]
+    for language, stopwords in (("english", "en"), (None, None)):
+        idx = BM25Index(language=language, stopwords=stopwords)
+        assert [idx.query_terms(q) for q in queries] == idx._tokenize(queries), (language, stopwords)
