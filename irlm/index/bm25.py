@@ -25,7 +25,6 @@ from irlm.index.check import damaged, load_array, read_json, read_meta  # noqa: 
 from irlm.types import Run
 from irlm.utils import atomic_path
 
-
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s.tokenize's default, as scikit-learn's CountVectorizer
 SPLIT = re.compile(TOKEN_PATTERN).findall
 
