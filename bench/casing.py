@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 
-CASINGS = {"upper": str.upper, "title": str.title, "lower": str.lower}
+from irlm.data.training import CASINGS  # the casings training augments with (case_augment)
 
 
 def recase_queries(queries: dict[str, str], how: str) -> dict[str, str]:

@@ -110,7 +110,7 @@ def _build(kind, corpus, model, device, backend, fusion, weight, encoder):
         from irlm.methods.reasoning.model import ReasoningEmbedder
         from irlm.methods.reasoning.retriever import ReasoningRetriever
 
-        return ReasoningRetriever.build(corpus, ReasoningEmbedder.from_pretrained(model, device))
+        return ReasoningRetriever.build(corpus, ReasoningEmbedder.from_pretrained(model, device), backend=backend)
     from irlm.models import LLMEncoder  # torch: only dense systems pay for it
 
     return DenseRetriever.build(corpus, LLMEncoder.from_pretrained(model, device=device, **encoder), backend)

@@ -111,6 +111,13 @@ def test_unknown_and_missing_systems_fail_in_one_line(tmp_path):
         build_retriever("colbert", "scifact")
 
 
+def test_build_retriever_gives_a_reasoning_index_the_backend_asked_for(reasoning_model, toy_beir, tmp_path):
+    system = build_retriever("reasoning", str(toy_beir), str(reasoning_model), "cpu", backend="int8")
+    assert system.index.backend == "int8"
+    system.save(tmp_path / "idx")
+    assert load_retriever(tmp_path / "idx", "cpu").index.backend == "int8"
+
+
 def test_build_retriever_hybrid_fuses_bm25_and_the_dense_model(llama_dir, toy_beir):
     hybrid = build_retriever("hybrid", str(toy_beir), str(llama_dir), "cpu", fusion="weighted", weight=0.7)
     assert [p.kind for p in hybrid.parts] == ["bm25", "dense"] and hybrid.weights == [pytest.approx(0.3), 0.7]

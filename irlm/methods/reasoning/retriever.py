@@ -70,10 +70,11 @@ class ReasoningRetriever:
         self.encoder = ThinkingEncoder(emb, thinking)
 
     @classmethod
-    def build(cls, corpus: Corpus, emb: ReasoningEmbedder, thinking: str = "self", fill=None):
+    def build(cls, corpus: Corpus, emb: ReasoningEmbedder, thinking: str = "self", fill=None,
+              backend: str = "exact"):  # fmt: skip
         from irlm.index.dense import DenseIndex  # torch is loaded already: the model is
 
-        system = cls(emb, DenseIndex(emb.model.config.hidden_size), thinking, fill)
+        system = cls(emb, DenseIndex(emb.model.config.hidden_size, backend), thinking, fill)
         system.index.add(corpus.ids, system.encoder.encode_corpus(corpus.texts()))
         return system
 
