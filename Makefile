@@ -26,8 +26,9 @@ setup: $(BIN)/.installed
 quickstart: setup
 	$(BIN)/irlm run recipes/quickstart.yaml
 
+# two workers, one per core: most tests run one thread (tiny models), so one process alone leaves a core idle
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow

@@ -19,6 +19,9 @@ from pathlib import Path
 # before transformers is imported anywhere: tests never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# under pytest-xdist (`make test`: one worker per core) each worker and its child processes keep to one thread
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the real data lives beside the repository (../shared/data), never inside it
 os.environ.setdefault("IRLM_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -159,6 +159,11 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     first = run(1)
     assert first["examples"] == {"original": 2}  # 3 judged queries, 1 held out
     assert set(first["metrics"]) == {f"{toy_beir}-dev"} and first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
+    from irlm.data import load_beir
+    from irlm.eval import evaluate, read_trec
+
+    dev_run, ds = read_trec(tmp_path / "s1" / f"{toy_beir.name}-dev.trec"), load_beir(toy_beir)  # kept for tuning
+    assert evaluate(dev_run, {q: ds.qrels["test"][q] for q in dev_run}) == first["metrics"][f"{toy_beir}-dev"]
     rows = len((tmp_path / "acts" / "index.jsonl").read_text().splitlines())
     assert rows == 4 + 4  # 2 training queries and their 2 documents; evaluation added 3 documents and the dev query
     builds = []

@@ -15,7 +15,7 @@ import torch
 
 from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples, recase
-from irlm.eval import evaluate
+from irlm.eval import evaluate, write_trec
 from irlm.eval.benchmark import dense_retriever, evaluate_encoder
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
@@ -50,6 +50,7 @@ def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict 
     ds = load_dataset(cfg.data)
     queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
     run = dense_retriever(encoder, ds, built).search(queries, k=1000)
+    write_trec(run, Path(cfg.output_dir) / f"{ds.name}-dev.trec")  # kept: fusion weights are tuned on it
     qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
     return {f"{cfg.data}-dev": evaluate(run, qrels)}
 
