@@ -42,7 +42,10 @@ class BM25Index:
     def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", language: str = "english",
                  stopwords: str = "en"):  # fmt: skip
         self.k1, self.b, self.method, self.language, self.stopwords = k1, b, method, language, stopwords
-        self._stops = frozenset(_infer_stopwords(stopwords))
+        try:
+            self._stops = frozenset(_infer_stopwords(stopwords))
+        except ValueError as e:  # bm25s: "<name> not recognized. Only English stopwords as default, ..."
+            raise InputError(str(e), field="stopwords") from None
         self.ids: list[str] = []
         self.texts: list[str] = []
         self._bm25 = None

@@ -136,3 +136,8 @@ def test_query_terms_equal_bm25s_tokenize_on_every_real_query(collection):
     for language, stopwords in (("english", "en"), (None, None)):
         idx = BM25Index(language=language, stopwords=stopwords)
         assert [idx.query_terms(q) for q in queries] == idx._tokenize(queries), (language, stopwords)
+
+
+def test_an_unknown_stopword_list_is_a_one_line_input_error():
+    with pytest.raises(InputError, match="field 'stopwords' klingon not recognized"):
+        BM25Index(stopwords="klingon")
