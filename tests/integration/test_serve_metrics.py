@@ -82,3 +82,33 @@ def test_the_fast_path_answers_as_the_batcher_does(retriever):
     library = [[{"id": d, "score": s} for d, s in retriever.search({"q": q}, k)["q"].items()] for q in QUERIES
                for k in (1, 3)]  # fmt: skip
     assert [a["results"] for a in answers[True]] == library and answers[True][-1] == {"results": []}
+
+
+BAD = [({"json": {"query": "cat", "k": 0}}, 422), ({"json": {"query": ""}}, 422),
+       ({"json": {"query": "cat", "top_k": 3}}, 422), ({"json": {"query": "cat", "k": "5"}}, 422),
+       ({"json": {"query": "cat", "k": 10_000}}, 422), ({"json": {"query": "cat " * 600}}, 413),
+       ({"content": b'{"query": ', "headers": {"content-type": "application/json"}}, 400),
+       ({"content": b'{"query": "cat"}', "headers": {"content-type": "text/plain"}}, 415)]  # fmt: skip
+
+
+def test_the_search_lane_answers_valid_requests_and_leaves_every_error_to_the_app(retriever, monkeypatch):
+    """The lane in front of FastAPI: the same answers and the same errors as the route behind it."""
+    from irlm.serve import SearchLane
+
+    answered = []
+    answer = SearchLane.answer
+    monkeypatch.setattr(SearchLane, "answer", lambda self, body: answered.append(answer(self, body)) or answered[-1])
+    replies = {}
+    for fast in (True, False):
+        with TestClient(build_app(retriever, api_key_env=None, fast_path=fast)) as http:
+            good = [http.post("/search", json={"query": q, "k": 3}) for q in QUERIES]
+            chunked = http.post("/search", content=iter([b'{"query": "cat", ', b'"k": 2}']),
+                                headers={"content-type": "application/json"})  # no Content-Length: the app's
+            bad = [http.post("/search", **request) for request, _ in BAD]
+        replies[fast] = [(r.status_code, r.json()) for r in (*good, chunked, *bad)]
+        assert [r.status_code for r in bad] == [status for _, status in BAD]
+        assert all("\n" not in r.json()["error"] for r in bad)
+    assert replies[True] == replies[False]
+    # the lane answered the good ones itself and handed the 7 bad JSON bodies on; the chunked and the plain-text
+    # ones never reached it
+    assert [a is not None for a in answered] == [True] * len(QUERIES) + [False] * 7
