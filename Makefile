@@ -26,9 +26,9 @@ setup: $(BIN)/.installed
 quickstart: setup
 	$(BIN)/irlm run recipes/quickstart.yaml
 
-# two workers, one per core: most tests run one thread (tiny models), so one process alone leaves a core idle
+# two workers, one per core (most tests run one thread); loadfile keeps a file's tests, in order, on one worker
 test: setup
-	$(BIN)/pytest -q -n 2 --dist worksteal
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow

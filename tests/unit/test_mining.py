@@ -60,6 +60,8 @@ def test_case_augmentation_recases_a_share_of_queries_and_passages_the_same_on_e
 def test_the_retriever_config_refuses_a_share_outside_0_1():
     from irlm.methods.drama.config import RetrieverConfig
 
-    assert RetrieverConfig(case_augment=0.5).case_augment == 0.5
+    assert RetrieverConfig(case_augment=0.5, lowercase=False).case_augment == 0.5
     with pytest.raises(InputError, match="case_augment"):
-        RetrieverConfig(case_augment=1.5)
+        RetrieverConfig(case_augment=1.5, lowercase=False)
+    with pytest.raises(InputError, match="lowercase: false"):
+        RetrieverConfig(case_augment=0.3)

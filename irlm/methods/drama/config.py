@@ -95,6 +95,8 @@ class RetrieverConfig:
 
         if not 0 <= self.case_augment <= 1:
             raise InputError(f"setting case_augment must be between 0 and 1, got {self.case_augment}")
+        if self.case_augment and self.lowercase:
+            raise InputError("case_augment needs lowercase: false (folded text reads every casing alike anyway)")
 
 
 @dataclass
