@@ -464,6 +464,9 @@ class SearchLane:
 def sized_json(scope) -> bool:
     """A JSON body with a Content-Length, which BodyLimit has checked before any byte is read (a chunked
     body is counted while it is read, and only the app knows how to answer a 413 raised then)."""
+    names = [name for name, _ in scope["headers"]]
+    if any(names.count(n) > 1 for n in (b"content-type", b"authorization", b"content-length")):
+        return False  # a repeated header: the guards and the app may read different copies; the app decides
     headers = dict(scope["headers"])
     kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     return kind == b"application/json" and b"content-length" in headers
