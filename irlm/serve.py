@@ -452,13 +452,20 @@ class SearchLane:
     def answer(self, body: bytes) -> list[dict] | None:
         """The ranked results, or None where the app must answer (and explain) instead."""
         try:
-            req = SearchRequest.model_validate_json(body)
-            self.limits.check_search(req)
-            run = self.retriever.search({"q": req.query}, req.k)
-        except (ValidationError, APIError, InputError):
+            return search_directly(self.retriever, self.limits, self.metrics, SearchRequest.model_validate_json(body))
+        except (ValidationError, APIError):
             return None
-        self.metrics.direct.inc()
-        return ranked(run.get("q", {}), req.k)
+
+
+def search_directly(retriever, limits: Limits, metrics: Metrics, req: SearchRequest) -> list[dict]:
+    """One search on the calling thread, for the lane and the fast-path route alike; bad input is an APIError."""
+    limits.check_search(req)
+    try:
+        run = retriever.search({"q": req.query}, req.k)
+    except InputError as e:
+        raise APIError(400, str(e)) from e
+    metrics.direct.inc()
+    return ranked(run.get("q", {}), req.k)
 
 
 def sized_json(scope) -> bool:
@@ -551,13 +558,7 @@ def add_search_route(router: APIRouter, limits: Limits, batcher: MicroBatcher, d
 
         @router.post("/search")
         async def search_now(req: SearchRequest) -> dict:
-            limits.check_search(req)
-            try:
-                run = direct.search({"q": req.query}, req.k)
-            except InputError as e:
-                raise APIError(400, str(e)) from e
-            metrics.direct.inc()
-            return {"results": ranked(run.get("q", {}), req.k)}
+            return {"results": search_directly(direct, limits, metrics, req)}
 
         return
 
