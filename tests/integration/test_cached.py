@@ -158,7 +158,10 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
 
     first = run(1)
     assert first["examples"] == {"original": 2}  # 3 judged queries, 1 held out
-    assert set(first["metrics"]) == {f"{toy_beir}-dev"} and first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
+    assert set(first["metrics"]) == {f"{toy_beir}-dev", f"{toy_beir}-dev+bm25-weighted"}
+    assert first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
+    weight = first["metrics"][f"{toy_beir}-dev+bm25-weighted"]["weight"]  # tuned on the dev queries
+    assert 0 <= weight <= 1
     from irlm.data import load_beir
     from irlm.eval import evaluate, read_trec
 
@@ -171,7 +174,8 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     monkeypatch.setattr(DenseRetriever, "build", classmethod(lambda cls, *a, **kw: builds.append(1) or build(cls, *a, **kw)))
     second = run(2, eval_data=[str(toy_beir)])  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
-    assert set(second["metrics"]) == {f"{toy_beir}-dev", str(toy_beir), f"{toy_beir}+bm25"}
+    assert set(second["metrics"]) == {f"{toy_beir}-dev", f"{toy_beir}-dev+bm25-weighted", str(toy_beir),
+                                      f"{toy_beir}+bm25", f"{toy_beir}+bm25-weighted"}  # fmt: skip
     assert len(builds) == 1  # dev and test queries of one corpus search one encoding of it
     saved = json.loads((tmp_path / "s1" / "final" / "irlm_encoder.json").read_text())
     assert saved["lowercase"] is True  # trained retrievers read every casing alike by default

@@ -61,3 +61,23 @@ def test_rrf_then_top_k_ordering():
     assert len(ranked) == 3
     assert ranked[:2] == ["d3", "d1"]
     assert ranked[2] in {"d2", "d4"}  # tied at 1/62
+
+
+def test_tuned_fusion_weight_follows_the_run_that_ranks_well():
+    from irlm.eval.benchmark import tune_fusion_weight
+
+    qrels = {"q": {"rel": 1}}
+    good = {"q": {"rel": 3.0, "a": 2.0, "b": 1.0}}
+    bad = {"q": {"a": 3.0, "b": 2.0, "rel": 1.0}}
+    w, scores = tune_fusion_weight(good, bad, qrels)  # dense good; min-max: rel w, a 1 - w / 2: rel first once w > 2/3
+    assert w == 0.7 and scores[w] == 1.0 and scores[0.65] < 1.0 and scores[0.0] < scores[w]
+    w, scores = tune_fusion_weight(bad, good, qrels)  # BM25 good: the lowest weight, BM25 alone
+    assert w == 0.0 and scores[0.0] == 1.0 and scores[1.0] < 1.0
+
+
+def test_tuned_fusion_weight_ties_keep_bm25_alone():
+    from irlm.eval.benchmark import tune_fusion_weight
+
+    run = {"q": {"rel": 2.0, "a": 1.0}}
+    w, scores = tune_fusion_weight(run, run, {"q": {"rel": 1}})
+    assert set(scores.values()) == {1.0} and w == 0.0

@@ -66,7 +66,9 @@ class RetrieverConfig:
     dev_queries: int = 0  # > 0: hold out this many train queries (a fixed draw, the same for every seed) as DATA-dev
     augment_limit: int = 0  # > 0: the first N examples of each file, so ablation rows differ in source, not volume
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])
-    hybrid: bool = True  # also score the dense run fused with BM25's (RRF, k 60) as DATA+bm25
+    # also score the dense run fused with BM25's: RRF (k 60) as DATA+bm25, and min-max weighted with the
+    # weight tuned on DATA-dev (needs dev_queries) as DATA+bm25-weighted
+    hybrid: bool = True
     output_dir: str = "runs/drama/ft"
     steps: int = 30  # the same for every ablation row: more data, not more updates
     lr: float = 5e-5  # METHODS.md §0: 5e-5 got SmolLM2 off the ground on CPU budgets

@@ -16,7 +16,9 @@ import torch
 from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples, recase
 from irlm.eval import evaluate, write_trec
-from irlm.eval.benchmark import dense_retriever, evaluate_encoder
+from irlm.eval.benchmark import dense_retriever, evaluate_encoder, tune_fusion_weight
+from irlm.index import BM25Retriever
+from irlm.index.fusion import top_k, weighted
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
@@ -44,7 +46,8 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
 
 
 def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict | None = None) -> dict[str, dict]:
-    """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe)."""
+    """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe). With
+    `hybrid`, also the BM25 fusion weight tuned on them: {DATA-dev+bm25-weighted: metrics + "weight"}."""
     if not held_out:
         return {}
     ds = load_dataset(cfg.data)
@@ -52,7 +55,13 @@ def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict 
     run = dense_retriever(encoder, ds, built).search(queries, k=1000)
     write_trec(run, Path(cfg.output_dir) / f"{ds.name}-dev.trec")  # kept: fusion weights are tuned on it
     qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
-    return {f"{cfg.data}-dev": evaluate(run, qrels)}
+    out = {f"{cfg.data}-dev": evaluate(run, qrels)}
+    if cfg.hybrid:
+        bm25 = BM25Retriever.build(ds.corpus).search(queries, k=1000)
+        weight, _ = tune_fusion_weight(run, bm25, qrels)
+        fused = top_k(weighted([run, bm25], [weight, 1 - weight]), 1000)
+        out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "weight": weight}
+    return out
 
 
 def train(cfg: RetrieverConfig) -> dict:
@@ -80,9 +89,10 @@ def train(cfg: RetrieverConfig) -> dict:
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
     built = {}  # the dev queries and the test queries of one corpus search one encoding of it
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
-               "metrics": {**evaluate_dev(encoder, cfg, held_out, built),
-                           **evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid,
-                                              built=built)}}  # fmt: skip
+               "metrics": evaluate_dev(encoder, cfg, held_out, built)}  # fmt: skip
+    weight = results["metrics"].get(f"{cfg.data}-dev+bm25-weighted", {}).get("weight")
+    results["metrics"].update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid,
+                                               built=built, fusion_weight=weight))  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
