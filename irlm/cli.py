@@ -118,14 +118,20 @@ def _cuda() -> int:
 def index(
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
     data: str | None = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
-    retriever: str = typer.Option("bm25", help="bm25, dense, or reasoning (--model: a reasoning model folder)."),
+    retriever: str = typer.Option("bm25", help="bm25, dense, hybrid (bm25 + dense), or reasoning (--model: a "
+                                  "reasoning model folder)."),  # fmt: skip
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="Dense backend: exact, flat, hnsw, int8, or binary (rescored)."),
     embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
+    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
+    weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run (a trained retriever's "
+                                 "results.json holds the one tuned on its dev split)."),  # fmt: skip
     device: str | None = DeviceOpt,
 ) -> None:
-    """Build a BM25, dense or reasoning index; or convert saved embeddings to a FAISS backend."""
-    opt.one_of(retriever, opt.RETRIEVERS, "--retriever")
+    """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""
+    opt.one_of(retriever, (*opt.RETRIEVERS, "hybrid"), "--retriever")
+    opt.one_of(fusion, opt.FUSIONS, "--fusion")
+    opt.weight(weight)
     _check_encoder_flags(backend, None, None, device)
     check_output(out, folder=True)
     if embeddings:
@@ -140,7 +146,7 @@ def index(
             raise InputError("give --data to index a dataset, or --embeddings to re-index saved vectors")
         from irlm.systems import build_retriever
 
-        build_retriever(retriever, data, model, device, backend).save(out)
+        build_retriever(retriever, data, model, device, backend, fusion, weight).save(out)
     err.print(f"saved {retriever if not embeddings else backend} index to {out}")
 
 

@@ -123,6 +123,18 @@ def test_build_retriever_hybrid_fuses_bm25_and_the_dense_model(llama_dir, toy_be
     assert [p.kind for p in hybrid.parts] == ["bm25", "dense"] and hybrid.weights == [pytest.approx(0.3), 0.7]
 
 
+
+def test_irlm_index_saves_a_weighted_hybrid_that_reopens_with_its_weight(llama_dir, toy_beir, tmp_path):
+    """The dev-tuned weight of a trained retriever's hybrid carries into a served index."""
+    args = ("index", "--data", toy_beir, "--retriever", "hybrid", "--model", llama_dir, "--fusion", "weighted",
+            "--weight", "0.35", "--device", "cpu", "--out", tmp_path / "hy")  # fmt: skip
+    subprocess.run(cli(*args), capture_output=True, text=True, check=True)
+    hybrid = load_retriever(tmp_path / "hy", "cpu")
+    assert hybrid.method == "weighted" and hybrid.weights == [pytest.approx(0.65), 0.35]  # BM25 first, then dense
+    assert [p.kind for p in hybrid.parts] == ["bm25", "dense"]
+    bad = subprocess.run(cli(*args[:-2], "--weight", "1.5", "--out", tmp_path / "bad"), capture_output=True, text=True)
+    assert bad.returncode != 0 and "--weight must be between 0 and 1" in bad.stderr
+
 def test_irlm_eval_scores_a_saved_reasoning_index(reasoning_model, toy_beir, dataset, tmp_path):
     """`irlm eval --index` gives what the method's own evaluation gives, through the shared loader."""
     from irlm.methods.reasoning.train import evaluate_reasoner
