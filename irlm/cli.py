@@ -125,7 +125,7 @@ def index(
     embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run (a trained retriever's "
-                                 "results.json holds the one tuned on its dev split)."),  # fmt: skip
+                                 "results.json: dense_weight of DATA-dev+bm25-weighted)."),  # fmt: skip
     device: str | None = DeviceOpt,
 ) -> None:
     """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""

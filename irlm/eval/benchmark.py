@@ -24,11 +24,12 @@ FUSION_GRID = tuple(i / 20 for i in range(21))  # dense weights 0, 0.05, ..., 1 
 
 
 def tune_fusion_weight(dense: dict, bm25: dict, qrels: dict, grid=FUSION_GRID, metric: str = "ndcg@10"):
-    """(best dense weight, {weight: score}) of min-max weighted fusion on held-out queries. Ties go to the
-    lower weight, the one nearer BM25 alone, so a dense run that adds nothing leaves BM25 as it is."""
-    from irlm.index.fusion import top_k, weighted
+    """(best dense weight, {dense weight: score}) of min-max weighted fusion (`with_bm25`) on held-out
+    queries. Ties go to the lower weight, the one nearer BM25 alone, so a dense run that adds nothing
+    leaves BM25 as it is."""
+    from irlm.index.fusion import top_k, with_bm25
 
-    scores = {w: evaluate(top_k(weighted([dense, bm25], [w, 1 - w]), 100), qrels, [metric])[metric] for w in grid}
+    scores = {w: evaluate(top_k(with_bm25(dense, bm25, w), 100), qrels, [metric])[metric] for w in grid}
     best = max(scores, key=lambda w: (scores[w], -w))
     return best, scores
 
@@ -37,12 +38,12 @@ def evaluate_encoder(encoder, names: list[str], split: str = "test", k: int = 10
                      hybrid: bool = False, built: dict | None = None,
                      fusion_weight: float | None = None) -> dict[str, dict]:  # fmt: skip
     """{dataset: metrics} for a dense retriever built on each corpus with `encoder`. With `hybrid`, also
-    {dataset+bm25: metrics} for its run fused with BM25's by RRF, and with a `fusion_weight` (tuned on dev:
-    `tune_fusion_weight`) {dataset+bm25-weighted: metrics}; with `runs_dir`, each dense run is kept there as
-    DATASET.trec (re-scorable with `irlm eval --run`); `built`: see `dense_retriever`."""
+    {dataset+bm25: metrics} for its run fused with BM25's by RRF, and with a dense `fusion_weight` (tuned on
+    one dev split: `tune_fusion_weight`) {dataset+bm25-weighted: metrics}; with `runs_dir`, each dense run
+    is kept there as DATASET.trec (re-scorable with `irlm eval --run`); `built`: see `dense_retriever`."""
     from irlm.eval import write_trec
     from irlm.index import BM25Retriever
-    from irlm.index.fusion import rrf, top_k, weighted
+    from irlm.index.fusion import rrf, top_k, with_bm25
 
     out = {}
     for name in names:
@@ -56,6 +57,5 @@ def evaluate_encoder(encoder, names: list[str], split: str = "test", k: int = 10
             bm25 = BM25Retriever.build(ds.corpus).search(queries, k=k)
             out[f"{name}+bm25"] = evaluate(top_k(rrf([run, bm25]), k), qrels)
             if fusion_weight is not None:
-                fused = weighted([run, bm25], [fusion_weight, 1 - fusion_weight])
-                out[f"{name}+bm25-weighted"] = evaluate(top_k(fused, k), qrels)
+                out[f"{name}+bm25-weighted"] = evaluate(top_k(with_bm25(run, bm25, fusion_weight), k), qrels)
     return out

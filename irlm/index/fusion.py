@@ -39,5 +39,11 @@ def weighted(runs: list[Run], weights: list[float]) -> Run:
     return fused
 
 
+def with_bm25(dense: Run, bm25: Run, dense_weight: float) -> Run:
+    """A dense run fused with BM25's, weighted, in the order a saved hybrid (BM25 part first) fuses them, so
+    its ties break alike and dense_weight 0 ranks as BM25 alone."""
+    return weighted([bm25, dense], [1 - dense_weight, dense_weight])
+
+
 def top_k(run: Run, k: int) -> Run:
     return {q: dict(sorted(d.items(), key=lambda x: -x[1])[:k]) for q, d in run.items()}

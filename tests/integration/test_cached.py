@@ -160,8 +160,7 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     assert first["examples"] == {"original": 2}  # 3 judged queries, 1 held out
     assert set(first["metrics"]) == {f"{toy_beir}-dev", f"{toy_beir}-dev+bm25-weighted"}
     assert first["metrics"][f"{toy_beir}-dev"]["ndcg@10"] > 0
-    weight = first["metrics"][f"{toy_beir}-dev+bm25-weighted"]["weight"]  # tuned on the dev queries
-    assert 0 <= weight <= 1
+    assert first["metrics"][f"{toy_beir}-dev+bm25-weighted"]["dense_weight"] == 0.0  # BM25 alone is perfect here
     from irlm.data import load_beir
     from irlm.eval import evaluate, read_trec
 
@@ -172,10 +171,17 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     builds = []
     build = DenseRetriever.build.__func__
     monkeypatch.setattr(DenseRetriever, "build", classmethod(lambda cls, *a, **kw: builds.append(1) or build(cls, *a, **kw)))
+    import irlm.methods.drama.train as drama_train
+
+    # BM25 is perfect on the toy set, so the tuned weight would be 0: force the dense run alone instead
+    monkeypatch.setattr(drama_train, "tune_fusion_weight", lambda *a, **kw: (1.0, {}))
     second = run(2, eval_data=[str(toy_beir)])  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
     assert set(second["metrics"]) == {f"{toy_beir}-dev", f"{toy_beir}-dev+bm25-weighted", str(toy_beir),
                                       f"{toy_beir}+bm25", f"{toy_beir}+bm25-weighted"}  # fmt: skip
+    assert second["metrics"][f"{toy_beir}-dev+bm25-weighted"]["dense_weight"] == 1.0
+    dense_alone, hybrid = second["metrics"][str(toy_beir)], second["metrics"][f"{toy_beir}+bm25-weighted"]
+    assert hybrid["ndcg@10"] == pytest.approx(dense_alone["ndcg@10"]) and dense_alone["ndcg@10"] < 1.0  # BM25: 1.0
     assert len(builds) == 1  # dev and test queries of one corpus search one encoding of it
     saved = json.loads((tmp_path / "s1" / "final" / "irlm_encoder.json").read_text())
     assert saved["lowercase"] is True  # trained retrievers read every casing alike by default

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from irlm.index.fusion import rrf, top_k, weighted
+from irlm.index.fusion import rrf, top_k, weighted, with_bm25
 
 RUN_A = {"q": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}
 RUN_B = {"q": {"d3": 0.9, "d4": 0.5}, "q2": {"x": 1.0}}
@@ -81,3 +81,11 @@ def test_tuned_fusion_weight_ties_keep_bm25_alone():
     run = {"q": {"rel": 2.0, "a": 1.0}}
     w, scores = tune_fusion_weight(run, run, {"q": {"rel": 1}})
     assert set(scores.values()) == {1.0} and w == 0.0
+    assert tune_fusion_weight(run, run, {"q": {"rel": 1}}, grid=(1.0, 0.5, 0.0))[0] == 0.0  # not the first seen
+
+
+def test_dense_weight_zero_ranks_as_bm25_alone_ties_included():
+    bm25 = {"q": {"rel": 2.0, "x": 2.0, "y": 1.0}}
+    dense = {"q": {"x": 1.0, "z": 0.9, "rel": 0.5}}  # would break the rel/x tie the other way
+    assert list(top_k(with_bm25(dense, bm25, 0.0), 2)["q"]) == list(top_k(bm25, 2)["q"]) == ["rel", "x"]
+    assert list(top_k(with_bm25(dense, bm25, 1.0), 1)["q"]) == ["x"]  # the weight is the dense run's

@@ -66,8 +66,8 @@ class RetrieverConfig:
     dev_queries: int = 0  # > 0: hold out this many train queries (a fixed draw, the same for every seed) as DATA-dev
     augment_limit: int = 0  # > 0: the first N examples of each file, so ablation rows differ in source, not volume
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])
-    # also score the dense run fused with BM25's: RRF (k 60) as DATA+bm25, and min-max weighted with the
-    # weight tuned on DATA-dev (needs dev_queries) as DATA+bm25-weighted
+    # also score the dense run fused with BM25's: RRF (k 60) as DATA+bm25, and min-max weighted as
+    # DATA+bm25-weighted, with the dense weight tuned on `data`'s dev split (needs dev_queries) for every eval set
     hybrid: bool = True
     output_dir: str = "runs/drama/ft"
     steps: int = 30  # the same for every ablation row: more data, not more updates

@@ -18,7 +18,7 @@ from irlm.data.training import TrainExample, read_examples, recase
 from irlm.eval import evaluate, write_trec
 from irlm.eval.benchmark import dense_retriever, evaluate_encoder, tune_fusion_weight
 from irlm.index import BM25Retriever
-from irlm.index.fusion import top_k, weighted
+from irlm.index.fusion import top_k, with_bm25
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
@@ -47,7 +47,8 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
 
 def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict | None = None) -> dict[str, dict]:
     """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe). With
-    `hybrid`, also the BM25 fusion weight tuned on them: {DATA-dev+bm25-weighted: metrics + "weight"}."""
+    `hybrid`, also the dense run's weight in a fusion with BM25, tuned on them: {DATA-dev+bm25-weighted:
+    metrics + "dense_weight"} (scored on the queries it was chosen on, so it flatters the hybrid)."""
     if not held_out:
         return {}
     ds = load_dataset(cfg.data)
@@ -59,8 +60,8 @@ def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict 
     if cfg.hybrid:
         bm25 = BM25Retriever.build(ds.corpus).search(queries, k=1000)
         weight, _ = tune_fusion_weight(run, bm25, qrels)
-        fused = top_k(weighted([run, bm25], [weight, 1 - weight]), 1000)
-        out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "weight": weight}
+        fused = top_k(with_bm25(run, bm25, weight), 1000)
+        out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "dense_weight": weight}
     return out
 
 
@@ -90,7 +91,7 @@ def train(cfg: RetrieverConfig) -> dict:
     built = {}  # the dev queries and the test queries of one corpus search one encoding of it
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
                "metrics": evaluate_dev(encoder, cfg, held_out, built)}  # fmt: skip
-    weight = results["metrics"].get(f"{cfg.data}-dev+bm25-weighted", {}).get("weight")
+    weight = results["metrics"].get(f"{cfg.data}-dev+bm25-weighted", {}).get("dense_weight")  # for every eval set
     results["metrics"].update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid,
                                                built=built, fusion_weight=weight))  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
