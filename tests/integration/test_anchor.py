@@ -72,3 +72,45 @@ def test_stage1_gradient_flows_through_the_embedding():
     task.step(toy_examples(4))
     cut = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in enc.model.parameters()])
     assert (full - cut).abs().max() > 1e-6
+
+
+def test_stage2_reads_cached_states_of_the_model_stage1_left(tmp_path, toy_beir, lm_dir, monkeypatch):
+    """cache_layers: Stage I trains every layer, so Stage II's cache is keyed by (and filled from) the
+    Stage-I weights, which Stage II then keeps frozen while the layers above change."""
+    from safetensors.torch import load_file
+
+    from irlm.methods.anchor.config import AnchorConfig
+    from irlm.methods.anchor.train import train
+
+    monkeypatch.setenv("IRLM_CACHE", str(tmp_path / "cache"))
+
+    def run(name: str, stage1_steps: int) -> Path:
+        cfg = AnchorConfig(model=str(lm_dir), data=str(toy_beir), train_split="test", eval_data=[],
+                           output_dir=str(tmp_path / name), stage1_steps=stage1_steps, stage2_steps=2, batch_size=2,
+                           max_length=32, target_max_length=16, precision="fp32", save_every=0, device="cpu",
+                           n_negatives=0, cache_layers=1, lr=1e-2, stage1_lr=1e-2)  # fmt: skip
+        train(cfg)
+        return tmp_path / name
+
+    def weights(folder: Path) -> dict:
+        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    plain, staged = run("plain", 0), run("staged", 2)
+    assert len(list((tmp_path / "cache" / "activations").iterdir())) == 2  # Stage I's weights: a second cache
+    after1, final = weights(staged / "stage1" / "final"), weights(staged / "stage2" / "final")
+    lower = [k for k in final if k.startswith("layers.0.")]
+    top = [k for k in final if k.startswith("layers.1.")]
+    assert lower and top and all(torch.equal(after1[k], final[k]) for k in lower)  # frozen in Stage II
+    assert any(not torch.equal(after1[k], final[k]) for k in top)  # trained in Stage II
+    base = weights(plain / "stage2" / "final")
+    assert any(not torch.equal(base[k], final[k]) for k in lower)  # Stage I did change what Stage II reads
+
+
+def test_cache_layers_refuses_lora():
+    import pytest
+
+    from irlm.errors import InputError
+    from irlm.methods.anchor.config import AnchorConfig
+
+    with pytest.raises(InputError, match="cache_layers and lora_r"):
+        AnchorConfig(cache_layers=20, lora_r=8)

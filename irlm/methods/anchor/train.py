@@ -17,7 +17,8 @@ from irlm.eval.benchmark import evaluate_encoder
 from irlm.losses.reconstruction import bidirectional_loss, reconstruction_loss
 from irlm.methods.anchor.config import AnchorConfig
 from irlm.models import LLMEncoder
-from irlm.train.contrastive import ContrastiveTask, qrels_examples
+from irlm.train.cached import cached_encoder
+from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.train.lora import add_lora, merge_lora
 from irlm.utils import bf16_is_faster, write_json
@@ -89,6 +90,8 @@ def train(cfg: AnchorConfig) -> dict:
     if cfg.stage1_steps:
         task = ReconstructionTask(encoder, cfg.alpha, cfg.target_max_length)
         history["stage1"] = _stage(cfg, "stage1", task, examples, cfg.stage1_steps, cfg.stage1_lr)
+    if cfg.cache_layers:  # after Stage I: its lower layers are what Stage II freezes and reads from the cache
+        encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples), cfg.activations or None)
     task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
     history["stage2"] = _stage(cfg, "stage2", task, examples, cfg.stage2_steps, cfg.lr)
     merge_lora(encoder)
