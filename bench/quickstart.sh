@@ -18,6 +18,6 @@ rows="$(cat runs/quickstart/report/report.json 2>/dev/null || echo '{"rows": []}
 python3 -c 'import json, sys
 rows = json.loads(sys.argv[3])["rows"]
 print(json.dumps({"bench": "quickstart", "seconds": int(sys.argv[1]), "rc": int(sys.argv[2]),
-                  "ndcg@10": {f"{r[\"system\"]} {r[\"data\"]}": r.get("ndcg@10") for r in rows}}))' "$seconds" "$rc" "$rows"
+                  "ndcg@10": {r["system"] + " " + r["data"]: r.get("ndcg@10") for r in rows}}))' "$seconds" "$rc" "$rows"
 [ "$rc" -eq 0 ] || tail -20 "$work/log" >&2
 exit "$rc"
