@@ -14,10 +14,10 @@ start=$(date +%s)
 rc=0
 IRLM_DATA="$data" IRLM_CACHE="$work/cache" PIP_NO_CACHE_DIR=1 make quickstart > "$work/log" 2>&1 || rc=$?
 seconds=$(( $(date +%s) - start ))
-rows="$(cat runs/quickstart/report/report.json 2>/dev/null || echo '{"rows": []}')"
-python3 -c 'import json, sys
-rows = json.loads(sys.argv[3])["rows"]
+python3 -c 'import json, pathlib, sys
+report = pathlib.Path("runs/quickstart/report/report.json")  # absent when the run failed early
+rows = json.loads(report.read_text())["rows"] if report.is_file() else []
 print(json.dumps({"bench": "quickstart", "seconds": int(sys.argv[1]), "rc": int(sys.argv[2]),
-                  "ndcg@10": {r["system"] + " " + r["data"]: r.get("ndcg@10") for r in rows}}))' "$seconds" "$rc" "$rows"
+                  "ndcg@10": {r["system"] + " " + r["data"]: r.get("ndcg@10") for r in rows}}))' "$seconds" "$rc"
 [ "$rc" -eq 0 ] || tail -20 "$work/log" >&2
 exit "$rc"

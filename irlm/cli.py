@@ -129,7 +129,7 @@ def index(
     device: str | None = DeviceOpt,
 ) -> None:
     """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""
-    opt.one_of(retriever, (*opt.RETRIEVERS, "hybrid"), "--retriever")
+    opt.one_of(retriever, opt.BUILT, "--retriever")
     opt.one_of(fusion, opt.FUSIONS, "--fusion")
     opt.weight(weight)
     _check_encoder_flags(backend, None, None, device)
@@ -233,7 +233,7 @@ def eval_cmd(
 
 
 def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index) -> None:
-    opt.one_of(retriever, (*opt.RETRIEVERS, "hybrid"), "--retriever")
+    opt.one_of(retriever, opt.BUILT, "--retriever")
     if index:
         opt.existing_dir(index, "--index")
     opt.one_of(fusion, opt.FUSIONS, "--fusion")

@@ -10,6 +10,7 @@ from irlm.errors import InputError
 DTYPES = ("auto", "bf16", "fp16", "fp32")  # what LLMEncoder and TransformersGenerator accept
 FUSIONS = ("rrf", "weighted")
 RETRIEVERS = ("bm25", "dense", "reasoning")  # reasoning: --model is a reasoning model folder
+BUILT = ("bm25", "dense", "hybrid", "reasoning")  # what irlm.systems.build_retriever makes (hybrid: bm25 + dense)
 # kept here rather than imported from irlm.index.dense / irlm.models.pooling, which load torch: checking
 # a flag must not cost a BM25 command three seconds (tests/unit/test_options_names.py keeps them in step)
 BACKENDS = ("exact", "flat", "hnsw", "int8", "binary")

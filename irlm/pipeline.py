@@ -276,7 +276,7 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
             from irlm import options
 
             where = f"stage '{st['name']}' setting"
-            options.one_of(settings.get("retriever"), (*options.RETRIEVERS, "hybrid"), f"{where} retriever")
+            options.one_of(settings.get("retriever"), options.BUILT, f"{where} retriever")
             options.device(settings.get("device"), f"{where} device")
         cls, out = config_class(st["kind"], settings)
         if cls is not None:

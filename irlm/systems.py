@@ -15,10 +15,10 @@ from pathlib import Path
 
 from irlm.errors import InputError
 from irlm.index.check import read_json
+from irlm.options import BUILT  # what build_retriever makes from a dataset and a model
 
 # a method's model folder from before manifests: the config file its save() writes
 LEGACY_FILES = {"selfretrieval.json": "selfretrieval", "irlm_reasoning.json": "reasoning"}
-BUILT = ("bm25", "dense", "hybrid", "reasoning")  # what build_retriever makes from a dataset and a model
 
 
 def _bm25(folder: Path, device, data):

@@ -16,8 +16,7 @@ import torch
 from irlm.data import load_dataset
 from irlm.data.training import TrainExample, read_examples, recase
 from irlm.eval import evaluate, write_trec
-from irlm.eval.benchmark import dense_retriever, evaluate_encoder, tune_fusion_weight
-from irlm.index import BM25Retriever
+from irlm.eval.benchmark import bm25_retriever, dense_retriever, evaluate_encoder, tune_fusion_weight
 from irlm.index.fusion import top_k, with_bm25
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
@@ -45,24 +44,27 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
     return recase(examples, cfg.case_augment, cfg.seed) if cfg.case_augment else examples
 
 
-def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str], built: dict | None = None) -> dict[str, dict]:
-    """{DATA-dev: metrics} on the held-out train queries (for tuning; test is scored once per recipe). With
-    `hybrid`, also the dense run's weight in a fusion with BM25, tuned on them: {DATA-dev+bm25-weighted:
-    metrics + "dense_weight"} (scored on the queries it was chosen on, so it flatters the hybrid)."""
+def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str],
+                 built: dict | None = None) -> tuple[dict[str, dict], float | None]:  # fmt: skip
+    """({DATA-dev: metrics}, None) on the held-out train queries (for tuning; test is scored once per recipe).
+    With `hybrid`, the dense run's weight in a fusion with BM25 is tuned on them and returned instead of None,
+    and {DATA-dev+bm25-weighted: metrics + "dense_weight"} added (scored on the queries it was chosen on,
+    so it flatters the hybrid)."""
     if not held_out:
-        return {}
+        return {}, None
     ds = load_dataset(cfg.data)
     queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
     run = dense_retriever(encoder, ds, built).search(queries, k=1000)
     write_trec(run, Path(cfg.output_dir) / f"{ds.name}-dev.trec")  # kept: fusion weights are tuned on it
     qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
     out = {f"{cfg.data}-dev": evaluate(run, qrels)}
-    if cfg.hybrid:
-        bm25 = BM25Retriever.build(ds.corpus).search(queries, k=1000)
-        weight, _ = tune_fusion_weight(run, bm25, qrels)
-        fused = top_k(with_bm25(run, bm25, weight), 1000)
-        out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "dense_weight": weight}
-    return out
+    if not cfg.hybrid:
+        return out, None
+    bm25 = bm25_retriever(ds, built).search(queries, k=1000)
+    weight, _ = tune_fusion_weight(run, bm25, qrels)
+    fused = top_k(with_bm25(run, bm25, weight), 1000)
+    out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "dense_weight": weight}
+    return out, weight
 
 
 def train(cfg: RetrieverConfig) -> dict:
@@ -88,12 +90,12 @@ def train(cfg: RetrieverConfig) -> dict:
     if bf16_is_faster(encoder.device):
         encoder.model.to(torch.bfloat16)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
-    built = {}  # the dev queries and the test queries of one corpus search one encoding of it
+    built = {}  # the dev queries and the test queries of one corpus search one index of it (dense and BM25)
+    metrics, weight = evaluate_dev(encoder, cfg, held_out, built)  # the weight serves every eval set
+    metrics.update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid, built=built,
+                                    fusion_weight=weight))  # fmt: skip
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
-               "metrics": evaluate_dev(encoder, cfg, held_out, built)}  # fmt: skip
-    weight = results["metrics"].get(f"{cfg.data}-dev+bm25-weighted", {}).get("dense_weight")  # for every eval set
-    results["metrics"].update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid,
-                                               built=built, fusion_weight=weight))  # fmt: skip
+               "metrics": metrics}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
