@@ -123,15 +123,15 @@ def index(
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="Dense backend: exact, flat, hnsw, int8, or binary (rescored)."),
     embeddings: Path | None = typer.Option(None, help="Re-index saved embeddings with --backend instead."),
-    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
-    weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run (a trained retriever's "
-                                 "results.json: dense_weight of DATA-dev+bm25-weighted)."),  # fmt: skip
+    fusion: str | None = typer.Option(None, help="Hybrid fusion: rrf (default) or weighted."),
+    weight: float | None = typer.Option(None, help="Weighted fusion: weight of the dense run, default 0.5 (a "
+                                        "trained retriever's results.json: dense_weight of "
+                                        "DATA-dev+bm25-weighted)."),  # fmt: skip
     device: str | None = DeviceOpt,
 ) -> None:
     """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""
     opt.one_of(retriever, opt.BUILT, "--retriever")
-    opt.one_of(fusion, opt.FUSIONS, "--fusion")
-    opt.weight(weight)
+    fusion, weight = opt.fusion(retriever, fusion, weight)
     _check_encoder_flags(backend, None, None, device)
     check_output(out, folder=True)
     if embeddings:
@@ -197,8 +197,8 @@ def eval_cmd(
     model: str = ModelOpt,
     index: Path | None = typer.Option(None, "--index", help="Evaluate any saved system (index or model folder)."),
     run: Path | None = typer.Option(None, "--run", help="Evaluate an existing TREC run file instead."),
-    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
-    weight: float = typer.Option(0.5, help="Weighted fusion: weight of the dense run."),
+    fusion: str | None = typer.Option(None, help="Hybrid fusion: rrf (default) or weighted."),
+    weight: float | None = typer.Option(None, help="Weighted fusion: weight of the dense run, default 0.5."),
     k: int = typer.Option(1000, help="Retrieval depth."),
     out_run: Path | None = typer.Option(None, "--out-run", help="Also write the run as a TREC file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
@@ -212,7 +212,7 @@ def eval_cmd(
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
 
-    _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
+    fusion, weight = _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
@@ -232,18 +232,19 @@ def eval_cmd(
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)
 
 
-def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index) -> None:
+def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index) -> tuple[str, float]:
+    """The checked (fusion, weight); every flag fails here in one line, before any data is read."""
     opt.one_of(retriever, opt.BUILT, "--retriever")
     if index:
         opt.existing_dir(index, "--index")
-    opt.one_of(fusion, opt.FUSIONS, "--fusion")
-    opt.weight(weight)
+    fusion, weight = opt.fusion(retriever, fusion, weight)
     opt.at_least(k, 1, "--k")
     _check_encoder_flags("exact", None, dtype, device)
     if run:
         opt.existing_file(run, "--run")
     if out_run:
         check_output(out_run, "--out-run")
+    return fusion, weight
 
 
 def _system(kind, data, model, device, index, fusion, weight, enc_opts):

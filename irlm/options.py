@@ -44,6 +44,17 @@ def weight(value: float, flag: str = "--weight") -> float:
     return value
 
 
+def fusion(retriever: str, method: str | None, dense_weight: float | None) -> tuple[str, float]:
+    """(method, weight) for a hybrid; `--fusion`/`--weight` on another retriever, or `--weight` with RRF,
+    would be silently ignored, so they are refused."""
+    if retriever != "hybrid" and (method is not None or dense_weight is not None):
+        raise InputError(f"--fusion and --weight apply to --retriever hybrid, not '{retriever}'")
+    one_of(method, FUSIONS, "--fusion")
+    if dense_weight is not None and method != "weighted":
+        raise InputError("--weight applies to --fusion weighted (RRF takes no weight)")
+    return method or "rrf", weight(0.5 if dense_weight is None else dense_weight)
+
+
 def weights(text: str, n: int, flag: str = "--weights") -> list[float]:
     """One non-negative number per run, not all zero."""
     try:
