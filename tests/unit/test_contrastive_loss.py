@@ -67,3 +67,14 @@ def test_example_without_mined_negatives_borrows_batch_positives():
     ex = TrainExample("q", ["p"], [])
     docs = pick_docs(ex, 2, seed=1, fallback=["other1", "other2", "other3"])
     assert docs[0] == "p" and set(docs[1:]) <= {"other1", "other2", "other3"} and len(docs) == 3
+
+
+def test_training_batches_give_queries_the_query_prefix_and_documents_the_passage_prefix():
+    enc = tiny_encoder(query_prefix="query: ", passage_prefix="passage: ", max_length=64)
+    examples = toy_examples(3, negatives=1)
+    batch = make_batch(enc, examples, n_negatives=1)
+    queries = enc.tokenizer.batch_decode(batch["query"]["input_ids"], skip_special_tokens=True)
+    docs = enc.tokenizer.batch_decode(batch["docs"]["input_ids"], skip_special_tokens=True)
+    assert all(q.startswith("query :") or q.startswith("query:") for q in queries), queries
+    assert all(d.startswith("passage :") or d.startswith("passage:") for d in docs), docs
+    assert examples[0].query.split()[-1] in queries[0]  # the query text follows its prefix
