@@ -265,6 +265,73 @@ def _report(row: dict, as_json: bool) -> None:
 
 
 @app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="TREC run files or saved systems; the first is the baseline."),
+    data: str = typer.Option(..., "--data", help="Dataset whose qrels score the runs (and saved systems search)."),
+    split: str = typer.Option("test", help="Qrels split."),
+    metrics: str | None = typer.Option(None, help="Comma-separated metrics besides nDCG@10, e.g. recall@100,mrr@10."),
+    k: int = typer.Option(1000, help="Retrieval depth of saved systems."),
+    permutations: int = typer.Option(10_000, help="Sign patterns of the randomization test (and bootstrap samples)."),
+    seed: int = typer.Option(42, help="Seed of the randomization test and the bootstrap."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line instead of the table."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Compare runs with the first, query by query: mean, difference with 95 % bootstrap CI, paired
+    randomization and t-test p-values (Holm-corrected over the systems), wins/ties/losses."""
+    from irlm.data import load_dataset
+    from irlm.eval.compare import compare_runs
+    from irlm.eval.metrics import check_metrics
+
+    listed = [m.strip() for m in (metrics or "").split(",") if m.strip()]
+    chosen = check_metrics(list(dict.fromkeys(["ndcg@10", *listed])))
+    opt.at_least(k, 1, "--k")
+    opt.at_least(permutations, 100, "--permutations")
+    opt.device(device)
+    if len(runs) < 2 or len(set(runs)) < len(runs):
+        raise InputError("give at least two different runs: the baseline first, then the systems to compare with it")
+    for r in runs:
+        if not r.is_dir():
+            opt.existing_file(r, "run")
+    ds = load_dataset(data)
+    if split not in ds.qrels:
+        raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
+    queries = ds.split_queries(split)
+    loaded = {str(r): _load_run(r, queries, k, device, data) for r in runs}
+    rows = compare_runs(loaded, ds.qrels[split], chosen, permutations, seed)
+    if as_json:
+        print(json.dumps({"data": data, "split": split, "baseline": str(runs[0]), "rows": rows}))
+        return
+    Console(width=200).print(_compare_table(rows, str(runs[0])))
+
+
+def _load_run(path: Path, queries: dict, k: int, device: str | None, data: str):
+    from irlm.eval import read_trec
+    from irlm.systems import load_retriever
+
+    if path.is_dir():
+        return load_retriever(path, device, data).search(queries, k)
+    return {q: docs for q, docs in read_trec(path).items() if q in queries}
+
+
+def _p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _compare_table(rows: list[dict], baseline: str) -> Table:
+    table = Table("system", "metric", "mean", "diff", "95% CI", "p rand. (Holm)", "p t-test (Holm)", "W/T/L",
+                  caption=f"against {baseline} on {rows[0]['queries']} queries; * p < 0.05 (randomization, Holm)")
+    for r in rows:
+        if "diff" not in r:
+            table.add_row(r["system"], r["metric"], f"{r['mean']:.4f}", "baseline", "", "", "", "")
+            continue
+        mark = " *" if r["significant"] else ""
+        table.add_row(r["system"], r["metric"], f"{r['mean']:.4f}", f"{r['diff']:+.4f}",
+                      f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{_p(r['p_randomization_holm'])}{mark}",
+                      _p(r["p_ttest_holm"]), f"{r['wins']}/{r['ties']}/{r['losses']}")  # fmt: skip
+    return table
+
+
+@app.command()
 def fuse(
     runs: list[Path] = typer.Argument(..., help="TREC run files."),
     out: Path = typer.Option(..., "--out", help="Fused TREC run file."),

@@ -158,3 +158,15 @@ def compare_scores(scores: dict[str, dict[str, float]], baseline: str, n_resampl
     for row in compared:
         row["significant"] = row["p_randomization_holm"] < ALPHA
     return rows
+
+
+def compare_runs(runs: dict[str, Run], qrels: Qrels, metrics=("ndcg@10",), n_resamples: int = N_RESAMPLES,
+                 seed: int = SEED) -> list[dict]:  # fmt: skip
+    """`compare_scores` for each metric of named runs, the first the baseline; one row per system and
+    metric, `metric` naming it."""
+    baseline = next(iter(runs))
+    rows = []
+    for metric in metrics:
+        scores = {name: per_query(run, qrels, metric) for name, run in runs.items()}
+        rows += [{"metric": metric, **row} for row in compare_scores(scores, baseline, n_resamples, seed)]
+    return rows
