@@ -68,3 +68,15 @@ def recase(examples: list[TrainExample], share: float, seed: int = 0) -> list[Tr
         query, pos, neg = maybe(ex.query), [maybe(t) for t in ex.positives], [maybe(t) for t in ex.negatives]
         out.append(TrainExample(query, pos, neg, ex.meta))
     return out
+
+
+def held_out_qids(data: str, split: str, n: int) -> set[str]:
+    """`n` of a dataset's `split` queries held out as DATA-dev: a draw with its own fixed seed, so every
+    training seed and every method tunes on the same queries (empty when n is 0)."""
+    if not (data and n):
+        return set()
+    from irlm.data import load_dataset
+
+    qids = sorted(load_dataset(data).qrels[split])
+    random.Random(0).shuffle(qids)
+    return set(qids[:n])

@@ -45,6 +45,33 @@ def tune_fusion_weight(dense: dict, bm25: dict, qrels: dict, grid=FUSION_GRID, m
     return best, scores
 
 
+def evaluate_dev(encoder, data: str, split: str, held_out: set[str], runs_dir: str | None = None,
+                 hybrid: bool = False, built: dict | None = None) -> tuple[dict[str, dict], float | None]:  # fmt: skip
+    """({DATA-dev: metrics}, None) on the held-out `split` queries (for tuning; test is scored once per
+    recipe). With `hybrid`, the dense run's weight in a fusion with BM25 is tuned on them and returned
+    instead of None, and {DATA-dev+bm25-weighted: metrics + "dense_weight"} added (scored on the queries it
+    was chosen on, so it flatters the hybrid). With `runs_dir`, the dense run is kept as DATA-dev.trec."""
+    from irlm.eval import write_trec
+    from irlm.index.fusion import top_k, with_bm25
+
+    if not held_out:
+        return {}, None
+    ds = load_dataset(data)
+    queries = {q: t for q, t in ds.split_queries(split).items() if q in held_out}
+    run = dense_retriever(encoder, ds, built).search(queries, k=1000)
+    if runs_dir:
+        write_trec(run, Path(runs_dir) / f"{ds.name}-dev.trec")  # kept: fusion weights are tuned on it
+    qrels = {q: r for q, r in ds.qrels[split].items() if q in held_out}
+    out = {f"{data}-dev": evaluate(run, qrels)}
+    if not hybrid:
+        return out, None
+    bm25 = bm25_retriever(ds, built).search(queries, k=1000)
+    weight, _ = tune_fusion_weight(run, bm25, qrels)
+    fused = top_k(with_bm25(run, bm25, weight), 1000)
+    out[f"{data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "dense_weight": weight}
+    return out, weight
+
+
 def evaluate_encoder(encoder, names: list[str], split: str = "test", k: int = 1000, runs_dir: str | None = None,
                      hybrid: bool = False, built: dict | None = None,
                      fusion_weight: float | None = None) -> dict[str, dict]:  # fmt: skip

@@ -131,7 +131,8 @@ class LLMEncoder:
             if not cfg.pool_token:
                 raise InputError("pooling 'token' needs pool_token (e.g. '<emb>')")
             return [tok.convert_tokens_to_ids(cfg.pool_token)]
-        return [tok.eos_token_id] if cfg.append_eos and tok.eos_token_id is not None else []
+        eos = cfg.append_eos or cfg.pooling == "eos"  # EOS pooling needs the token it pools
+        return [tok.eos_token_id] if eos and tok.eos_token_id is not None else []
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated so that the suffix (EOS / pool token) always fits."""
@@ -139,6 +140,9 @@ class LLMEncoder:
         if self.config.lowercase:
             texts = [t.casefold() for t in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=room, add_special_tokens=True)["input_ids"]
+        eos = [self.tokenizer.eos_token_id]
+        if self._suffix == eos:  # a tokenizer that ends every text with EOS already gets no second one
+            return [row if row[-1:] == eos else row + eos for row in ids]
         return [row + self._suffix for row in ids]
 
     def collate(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -158,10 +162,14 @@ class LLMEncoder:
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         """Pooled (and normalised) embeddings with gradients. (B, T) -> (B, C) in fp32.
         Extra `inputs` from a subclass's collate (cached states) go to its `hidden`."""
+        emb = self.pooled(input_ids, attention_mask, **inputs)
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        """Pooled hidden states before normalisation, with gradients. (B, T) -> (B, C) in fp32."""
         hidden = self.hidden(input_ids, attention_mask, **inputs)
         token_id = self._suffix[0] if self.config.pooling == "token" else None
-        emb = pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
-        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+        return pooling.pool(self.config.pooling, hidden, attention_mask, input_ids, token_id).float()
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int | None = None, progress: bool = True, desc="encode"):
@@ -197,7 +205,7 @@ class LLMEncoder:
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             saved = {k: v for k, v in asdict(self.config).items() if k != "trust_remote_code"}

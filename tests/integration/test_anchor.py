@@ -114,3 +114,71 @@ def test_cache_layers_refuses_lora():
 
     with pytest.raises(InputError, match="cache_layers and lora_r"):
         AnchorConfig(cache_layers=20, lora_r=8)
+
+
+def _prefixes(scale: str) -> tuple[torch.Tensor, LLMEncoder]:
+    enc = tiny_lm_encoder()
+    task = ReconstructionTask(enc, alpha=0.2, target_max_length=16, prefix_scale=scale)
+    return task._embed(["alpha beta gamma", "a longer text about delta and epsilon"]), enc
+
+
+def test_token_scaling_gives_the_prefix_the_mean_token_embedding_norm():
+    prefix, enc = _prefixes("token")
+    rows = enc.model.get_input_embeddings().weight.detach().float().norm(dim=-1)
+    torch.testing.assert_close(prefix.norm(dim=-1), torch.full((2,), rows.mean().item()), rtol=1e-5, atol=1e-6)
+    assert abs(rows.mean().item() - 1) > 0.5  # the tiny model's token rows are far from norm 1: the test can tell
+
+
+def test_embedding_scaling_is_the_retrieval_embedding_and_raw_the_pooled_state():
+    unit, enc = _prefixes("embedding")
+    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(2))
+    raw, _ = _prefixes("raw")
+    pooled = enc.pooled(**enc.collate(enc.tokenize(["alpha beta gamma", "a longer text about delta and epsilon"])))
+    torch.testing.assert_close(raw, pooled)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(2), atol=1e-2)
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), unit)
+
+
+def test_the_anchor_trainer_passes_prefix_scale_and_holds_out_dev_queries(tmp_path, toy_beir, lm_dir, monkeypatch):
+    import importlib
+    import json
+
+    from irlm.methods.anchor.config import AnchorConfig
+
+    anchor = importlib.import_module("irlm.methods.anchor.train")
+    seen = {}
+    real = anchor.scale_prefix
+    def spy(pooled, scale, norm):
+        seen["scale"] = scale
+        return real(pooled, scale, norm)
+
+    monkeypatch.setattr(anchor, "scale_prefix", spy)
+    cfg = AnchorConfig(model=str(lm_dir), data=str(toy_beir), train_split="test", eval_data=[], dev_queries=1,
+                       output_dir=str(tmp_path / "run"), stage1_steps=1, stage2_steps=1, batch_size=2, max_length=32,
+                       target_max_length=16, precision="fp32", save_every=0, device="cpu", n_negatives=0,
+                       prefix_scale="token")  # fmt: skip
+    anchor.train(cfg)
+    assert seen["scale"] == "token"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    held = anchor.held_out_qids(str(toy_beir), "test", 1)
+    assert len(held) == 1 and results["examples"] == len(anchor.training_examples(cfg)) - 1
+    assert f"{toy_beir}-dev" in results["metrics"]
+
+
+def test_eos_pooling_appends_the_end_token_once(lm_dir):
+    enc = LLMEncoder.from_pretrained(str(lm_dir), device="cpu", dtype="fp32", pooling="eos", append_eos=False)
+    eos = enc.tokenizer.eos_token_id
+    rows = enc.tokenize(["alpha beta", "gamma"])
+    assert all(row[-1] == eos and row[-2] != eos for row in rows)
+    plain = LLMEncoder.from_pretrained(str(lm_dir), device="cpu", dtype="fp32", pooling="mean", append_eos=False)
+    assert all(row[-1] != eos for row in plain.tokenize(["alpha beta", "gamma"]))
+
+
+def test_prefix_scale_refuses_an_unknown_value():
+    import pytest
+
+    from irlm.errors import InputError
+    from irlm.methods.anchor.config import AnchorConfig
+
+    with pytest.raises(InputError, match="prefix_scale"):
+        AnchorConfig(prefix_scale="unit")

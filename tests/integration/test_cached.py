@@ -171,10 +171,10 @@ def test_drama_trains_on_cached_states_and_holds_out_dev_queries(tmp_path, toy_b
     builds = []
     build = DenseRetriever.build.__func__
     monkeypatch.setattr(DenseRetriever, "build", classmethod(lambda cls, *a, **kw: builds.append(1) or build(cls, *a, **kw)))
-    import irlm.methods.drama.train as drama_train
+    import irlm.eval.benchmark as benchmark
 
     # BM25 is perfect on the toy set, so the tuned weight would be 0: force the dense run alone instead
-    monkeypatch.setattr(drama_train, "tune_fusion_weight", lambda *a, **kw: (1.0, {}))
+    monkeypatch.setattr(benchmark, "tune_fusion_weight", lambda *a, **kw: (1.0, {}))
     second = run(2, eval_data=[str(toy_beir)])  # another seed reuses every state: nothing new is computed
     assert len((tmp_path / "acts" / "index.jsonl").read_text().splitlines()) == rows
     assert set(second["metrics"]) == {f"{toy_beir}-dev", f"{toy_beir}-dev+bm25-weighted", str(toy_beir),

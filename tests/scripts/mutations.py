@@ -137,6 +137,13 @@ CORE = [
              "k1: float = 0.9, b: float = 0.4", "k1: float = 1.2, b: float = 0.75", INDEX),
     Mutation("activation-cache key ignores F", "irlm/train/cached.py",
              'f"{layers}:{dtype}:{type(dec).__name__}"', 'f"{dtype}:{type(dec).__name__}"', TRAIN),
+    # anchor's paper settings (issue 34)
+    Mutation("anchor token prefix left at norm 1", "irlm/methods/anchor/train.py",
+             "return unit * token_norm if scale == \"token\" else unit", "return unit", ["tests/integration/test_anchor.py"]),
+    Mutation("anchor trainer drops prefix_scale", "irlm/methods/anchor/train.py",
+             "cfg.target_max_length, cfg.prefix_scale)", "cfg.target_max_length)", ["tests/integration/test_anchor.py"]),
+    Mutation("EOS pooling without the end token", "irlm/models/encoder.py",
+             'eos = cfg.append_eos or cfg.pooling == "eos"', "eos = cfg.append_eos", ["tests/integration/test_anchor.py"]),
 ]  # the core battery ends here
 MUTATIONS += CORE
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PREFIX_SCALES = ("embedding", "token", "raw")
+
 
 @dataclass
 class AnchorConfig:
@@ -11,13 +13,20 @@ class AnchorConfig:
     data: str = "scifact"  # training set: its `train_split` qrels give (query, positive) pairs
     train_split: str = "train"
     train_file: str | None = None  # or a JSONL of examples (irlm mine); overrides data/train_split
+    # > 0: hold out this many train queries (the same draw as the DRAMA trainer's) as DATA-dev, scored at the
+    # end beside eval_data, so settings are chosen without looking at test
+    dev_queries: int = 0
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])  # test splits scored at the end
     output_dir: str = "runs/anchor"
     # Stage I: bidirectional reconstruction
     stage1_steps: int = 30  # 0 = plain contrastive baseline
     alpha: float = 0.2  # L_I = alpha L_Q2D + (1 - alpha) L_D2Q; 0.2 best in the paper's sweep
     stage1_lr: float = 4e-5  # paper: lr 4e-5
-    target_max_length: int = 128  # tokens of the text regenerated from the embedding
+    target_max_length: int = 128  # tokens of the text regenerated from the embedding (paper: 512)
+    # the Stage I prefix: `embedding` (the L2-normalised embedding, norm 1), `token` (that direction at the
+    # mean norm of the model's input token embeddings, so the decoder reads it as it reads a token; the
+    # paper feeds the embedding as a soft token) or `raw` (the pooled state, unnormalised)
+    prefix_scale: str = "embedding"
     # Stage II: InfoNCE
     stage2_steps: int = 30
     lr: float = 5e-5  # METHODS.md §0: 5e-5 beat 2e-5 for SmolLM2 on CPU budgets
@@ -27,7 +36,9 @@ class AnchorConfig:
     grad_accum: int = 1
     cache_chunk: int = 0  # > 0: gradient caching with this many texts per chunk
     # encoder
-    pooling: str = "mean"  # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget
+    # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget; `eos` (the paper's) pools the
+    # end token, appended where the tokenizer does not add one
+    pooling: str = "mean"
     max_length: int = 128  # document tokens; 128 kept the measured CPU run at 9 minutes
     lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
     precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
@@ -43,6 +54,10 @@ class AnchorConfig:
     def __post_init__(self):
         from irlm.errors import InputError
 
+        if self.prefix_scale not in PREFIX_SCALES:
+            raise InputError(f"prefix_scale: unknown value '{self.prefix_scale}'; choose {', '.join(PREFIX_SCALES)}")
+        if self.dev_queries < 0 or (self.dev_queries and self.train_file):
+            raise InputError("dev_queries must be 0 or more, and holds out qrels queries (not train_file examples)")
         if self.cache_layers < 0:
             raise InputError(f"setting cache_layers must be 0 or more, got {self.cache_layers}")
         if self.cache_layers and self.lora_r:  # adapters on the frozen layers would change the cached states

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from irlm.data.training import TrainExample, read_examples
-from irlm.eval.benchmark import evaluate_encoder
+from irlm.data.training import TrainExample, held_out_qids, read_examples
+from irlm.eval.benchmark import evaluate_dev, evaluate_encoder
 from irlm.losses.reconstruction import bidirectional_loss, reconstruction_loss
 from irlm.methods.anchor.config import AnchorConfig
 from irlm.models import LLMEncoder
@@ -21,14 +21,30 @@ from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
 from irlm.train.lora import add_lora, merge_lora
-from irlm.utils import bf16_is_faster, write_json
+from irlm.utils import bf16_is_faster, claim_folder, write_json
+
+
+def scale_prefix(pooled: torch.Tensor, scale: str, token_norm: float) -> torch.Tensor:
+    """The Stage I prefix from pooled states (B, C): `raw` as pooled, `embedding` L2-normalised, `token`
+    normalised then stretched to `token_norm`, the mean norm of the input token embeddings it sits beside."""
+    if scale == "raw":
+        return pooled
+    unit = torch.nn.functional.normalize(pooled, dim=-1)
+    return unit * token_norm if scale == "token" else unit
+
+
+def mean_token_norm(model) -> float:
+    """Mean L2 norm of the rows of the model's input embedding matrix."""
+    with torch.no_grad():
+        return model.get_input_embeddings().weight.float().norm(dim=-1).mean().item()
 
 
 class ReconstructionTask:
     """EBQ2D + EBD2Q: each side's embedding is the only context for generating the other side."""
 
-    def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int):
+    def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int, prefix_scale: str = "embedding"):
         self.encoder, self.alpha, self.target_max_length = encoder, alpha, target_max_length
+        self.prefix_scale = prefix_scale
 
     def parameters(self):
         return self.encoder.model.parameters()
@@ -44,7 +60,11 @@ class ReconstructionTask:
         return batch["input_ids"].to(self.encoder.device), batch["attention_mask"].to(self.encoder.device)
 
     def _embed(self, texts: list[str]):
-        return self.encoder.embed(**self.encoder.collate(self.encoder.tokenize(texts)))
+        batch = self.encoder.collate(self.encoder.tokenize(texts))
+        if self.prefix_scale == "embedding":  # what retrieval embeds: the prefix is the embedding itself
+            return self.encoder.embed(**batch)
+        token_norm = mean_token_norm(self.encoder.model)  # read each step: Stage I moves the embeddings too
+        return scale_prefix(self.encoder.pooled(**batch), self.prefix_scale, token_norm)
 
     def step(self, examples: list[TrainExample], scale: float = 1.0, seed: int = 0) -> dict[str, float]:
         cfg, enc = self.encoder.config, self.encoder
@@ -62,11 +82,13 @@ class ReconstructionTask:
         self.encoder.save(folder)
 
 
-def training_examples(cfg: AnchorConfig) -> list[TrainExample]:
-    """Examples from a JSONL file, or from the dataset's qrels with BM25-mined hard negatives."""
+def training_examples(cfg: AnchorConfig, held_out: set[str] = frozenset()) -> list[TrainExample]:
+    """Examples from a JSONL file, or from the dataset's qrels with BM25-mined hard negatives, without the
+    held-out dev queries."""
     if cfg.train_file:
         return read_examples(cfg.train_file)
-    return qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed)
+    examples = qrels_examples(cfg.data, cfg.train_split, cfg.n_negatives, cfg.seed)
+    return [ex for ex in examples if ex.meta.get("qid") not in held_out]
 
 
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:
@@ -77,9 +99,11 @@ def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) 
 
 def train(cfg: AnchorConfig) -> dict:
     """Run Stage I (if stage1_steps > 0) then Stage II, evaluate, and write results.json."""
+    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
-    examples = training_examples(cfg)
+    held_out = held_out_qids(cfg.data, cfg.train_split, cfg.dev_queries)
+    examples = training_examples(cfg, held_out)
     encoder = LLMEncoder.from_pretrained(cfg.model, device=cfg.device, with_lm_head=cfg.stage1_steps > 0,
                                          pooling=cfg.pooling, max_length=cfg.max_length, dtype="fp32",
                                          lowercase=cfg.lowercase)
@@ -88,7 +112,7 @@ def train(cfg: AnchorConfig) -> dict:
         add_lora(encoder, cfg.lora_r)
     history = {}
     if cfg.stage1_steps:
-        task = ReconstructionTask(encoder, cfg.alpha, cfg.target_max_length)
+        task = ReconstructionTask(encoder, cfg.alpha, cfg.target_max_length, cfg.prefix_scale)
         history["stage1"] = _stage(cfg, "stage1", task, examples, cfg.stage1_steps, cfg.stage1_lr)
     if cfg.cache_layers:  # after Stage I: its lower layers are what Stage II freezes and reads from the cache
         encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples), cfg.activations or None)
@@ -100,7 +124,10 @@ def train(cfg: AnchorConfig) -> dict:
     encoder.model.eval()
     if bf16_is_faster(encoder.device):  # as LLMEncoder.from_pretrained(dtype="auto") would load it
         encoder.model.to(torch.bfloat16)
-    results = {"config": asdict(cfg), "examples": len(examples), "metrics": evaluate_encoder(encoder, cfg.eval_data),
+    built = {}  # dev and test queries of one corpus search one index of it
+    metrics, _ = evaluate_dev(encoder, cfg.data, cfg.train_split, held_out, cfg.output_dir, built=built)
+    metrics.update(evaluate_encoder(encoder, cfg.eval_data, built=built))
+    results = {"config": asdict(cfg), "examples": len(examples), "metrics": metrics,
                "final_loss": {k: v[-1] for k, v in history.items() if v}}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "anchor", "output_dir": cfg.output_dir,

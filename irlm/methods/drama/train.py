@@ -6,33 +6,25 @@
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from irlm.data import load_dataset
-from irlm.data.training import TrainExample, read_examples, recase
-from irlm.eval import evaluate, write_trec
-from irlm.eval.benchmark import bm25_retriever, dense_retriever, evaluate_encoder, tune_fusion_weight
-from irlm.index.fusion import top_k, with_bm25
+from irlm.data.training import TrainExample, held_out_qids, read_examples, recase
+from irlm.eval.benchmark import evaluate_dev, evaluate_encoder
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
-from irlm.utils import bf16_is_faster, write_json
+from irlm.utils import bf16_is_faster, claim_folder, write_json
 
 
 def dev_qids(cfg: RetrieverConfig) -> set[str]:
-    """The held-out train queries: a draw with its own fixed seed, so every training seed tunes on the same."""
-    if not (cfg.data and cfg.dev_queries):
-        return set()
-    qids = sorted(load_dataset(cfg.data).qrels[cfg.train_split])
-    random.Random(0).shuffle(qids)
-    return set(qids[: cfg.dev_queries])
+    """The held-out train queries (the same for every seed and method: irlm.data.training.held_out_qids)."""
+    return held_out_qids(cfg.data, cfg.train_split, cfg.dev_queries)
 
 
 def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) -> list[TrainExample]:
@@ -44,31 +36,9 @@ def training_examples(cfg: RetrieverConfig, held_out: set[str] = frozenset()) ->
     return recase(examples, cfg.case_augment, cfg.seed) if cfg.case_augment else examples
 
 
-def evaluate_dev(encoder, cfg: RetrieverConfig, held_out: set[str],
-                 built: dict | None = None) -> tuple[dict[str, dict], float | None]:  # fmt: skip
-    """({DATA-dev: metrics}, None) on the held-out train queries (for tuning; test is scored once per recipe).
-    With `hybrid`, the dense run's weight in a fusion with BM25 is tuned on them and returned instead of None,
-    and {DATA-dev+bm25-weighted: metrics + "dense_weight"} added (scored on the queries it was chosen on,
-    so it flatters the hybrid)."""
-    if not held_out:
-        return {}, None
-    ds = load_dataset(cfg.data)
-    queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
-    run = dense_retriever(encoder, ds, built).search(queries, k=1000)
-    write_trec(run, Path(cfg.output_dir) / f"{ds.name}-dev.trec")  # kept: fusion weights are tuned on it
-    qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q in held_out}
-    out = {f"{cfg.data}-dev": evaluate(run, qrels)}
-    if not cfg.hybrid:
-        return out, None
-    bm25 = bm25_retriever(ds, built).search(queries, k=1000)
-    weight, _ = tune_fusion_weight(run, bm25, qrels)
-    fused = top_k(with_bm25(run, bm25, weight), 1000)
-    out[f"{cfg.data}-dev+bm25-weighted"] = {**evaluate(fused, qrels), "dense_weight": weight}
-    return out, weight
-
-
 def train(cfg: RetrieverConfig) -> dict:
     """InfoNCE for `steps` steps on all examples, then nDCG@10 etc. on each eval set; writes results.json."""
+    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
     held_out = dev_qids(cfg)
@@ -91,7 +61,8 @@ def train(cfg: RetrieverConfig) -> dict:
         encoder.model.to(torch.bfloat16)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
     built = {}  # the dev queries and the test queries of one corpus search one index of it (dense and BM25)
-    metrics, weight = evaluate_dev(encoder, cfg, held_out, built)  # the weight serves every eval set
+    metrics, weight = evaluate_dev(encoder, cfg.data, cfg.train_split, held_out, cfg.output_dir, cfg.hybrid,
+                                   built)  # the weight serves every eval set
     metrics.update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid, built=built,
                                     fusion_weight=weight))  # fmt: skip
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
