@@ -18,16 +18,27 @@ def rrf(runs: list[Run], k: int = 60, depth: int = 1000) -> Run:
     return fused
 
 
+# the values of OpenSearch's min_max normalisation (neural-search MinMaxScoreNormalizationTechnique): the
+# lowest retrieved score stays above the 0 of "not retrieved", and a lone or all-tied hit is 1
+LOWEST = 0.001
+SINGLE = 1.0
+
+
 def _minmax(docs: dict[str, float]) -> dict[str, float]:
+    """Scores mapped linearly onto [LOWEST, 1]: the top hit is 1 even when it is the only hit or tied with every
+    other (a span of 0 would otherwise make it 0, and the run's weight would count for nothing). Linear, not
+    OpenSearch's "0 becomes LOWEST", so a score just above the lowest never falls below it."""
     if not docs:
         return {}
     lo, hi = min(docs.values()), max(docs.values())
-    span = hi - lo or 1.0
-    return {d: (s - lo) / span for d, s in docs.items()}
+    if hi == lo:
+        return dict.fromkeys(docs, SINGLE)
+    return {d: LOWEST + (1 - LOWEST) * (s - lo) / (hi - lo) for d, s in docs.items()}
 
 
 def weighted(runs: list[Run], weights: list[float]) -> Run:
-    """Weighted sum of per-query min-max normalised scores; a missing document counts as 0."""
+    """Weighted sum of per-query min-max normalised scores (`_minmax`); a document a run did not retrieve counts
+    0 there, below the run's lowest retrieved document."""
     if len(runs) != len(weights):
         raise InputError(f"{len(runs)} runs but {len(weights)} weights")
     fused: Run = {}

@@ -33,13 +33,49 @@ def test_rrf_ranks_by_score_not_insertion_order():
 
 def test_weighted_min_max_hand_computed():
     fused = weighted([RUN_A, RUN_B], [0.7, 0.3])
-    # RUN_A q: min 1, max 3 -> d1 1.0, d2 0.5, d3 0.0; RUN_B q: min 0.5, max 0.9 -> d3 1.0, d4 0.0
-    assert fused["q"] == pytest.approx({"d1": 0.7, "d2": 0.35, "d3": 0.3, "d4": 0.0}, abs=1e-12)
+    # onto [0.001, 1]: RUN_A q: min 1, max 3 -> d1 1, d2 0.001 + 0.999 * 0.5 = 0.5005, d3 0.001;
+    # RUN_B q: min 0.5, max 0.9 -> d3 1, d4 0.001
+    assert fused["q"] == pytest.approx({"d1": 0.7, "d2": 0.35035, "d3": 0.3007, "d4": 0.0003}, abs=1e-12)
+    assert fused["q2"] == pytest.approx({"x": 0.3})  # a run's only hit is its top hit: 1
 
 
 def test_weighted_negative_scores():
     fused = weighted([{"q": {"a": -4.0, "b": -2.0, "c": 0.0}}], [2.0])
-    assert fused["q"] == pytest.approx({"a": 0.0, "b": 1.0, "c": 2.0})
+    assert fused["q"] == pytest.approx({"a": 0.002, "b": 1.001, "c": 2.0})
+
+
+@pytest.mark.parametrize("hits", [{"only": 7.3}, {"t1": 2.0, "t2": 2.0}, {"t1": -1.0, "t2": -1.0, "t3": -1.0}])
+def test_a_lone_or_all_tied_hit_normalises_to_one(hits):
+    assert weighted([{"q": hits}], [1.0])["q"] == dict.fromkeys(hits, 1.0)
+
+
+def test_tied_top_hits_are_one_and_the_lowest_stays_above_not_retrieved():
+    fused = weighted([{"q": {"t1": 5.0, "t2": 5.0, "low": 1.0}}, {"q": {"other": 1.0, "o2": 0.5}}], [0.5, 0.5])
+    assert fused["q"]["t1"] == fused["q"]["t2"] == pytest.approx(0.5)
+    # each retrieved by one run, at that run's lowest score: above the 0 a document counts where it was not retrieved
+    assert fused["q"]["low"] == fused["q"]["o2"] == pytest.approx(0.0005)
+
+
+def test_retrieved_lowest_ranks_above_not_retrieved():
+    """Two documents the dense run scores alike; BM25 retrieved one of them at its lowest score: that one wins."""
+    dense = {"q": {"a": 0.9, "x": 0.5, "y": 0.5}}
+    bm25 = {"q": {"b": 9.0, "x": 1.0}}
+    fused = with_bm25(dense, bm25, 0.5)["q"]
+    assert fused["x"] > fused["y"] > 0
+
+
+def test_a_lone_bm25_hit_keeps_its_weight():
+    """BM25 finds one document only (a rare term): with most of the weight on BM25 it must rank first."""
+    from irlm.index import BM25Index
+
+    bm25 = BM25Index()
+    bm25.add(["rare", "d2", "d3"], ["the zygomorphic flower", "a red flower", "the garden path"])
+    run = bm25.build(progress=False).search({"q": "zygomorphic"}, k=10)
+    assert list(run["q"]) == ["rare"]  # exactly one hit
+    dense = {"q": {"d2": 0.9, "d3": 0.8, "rare": 0.1}}
+    fused = with_bm25(dense, run, dense_weight=0.3)
+    assert list(top_k(fused, 1)["q"]) == ["rare"]
+    assert fused["q"]["rare"] == pytest.approx(0.7 + 0.3 * 0.001)
 
 
 def test_weighted_needs_one_weight_per_run():
