@@ -24,6 +24,8 @@ err = Console(stderr=True)
 DataOpt = typer.Option(..., "--data", help="Dataset name (see `irlm data list`) or BEIR folder.")
 ModelOpt = typer.Option("minilm-l6", "--model", help="Bundled name (minilm-l6, smollm2-135m), hub id or folder.")
 DeviceOpt = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ...; default: CUDA when present.")
+ForceOpt = typer.Option(False, "--force", help="Replace an irlm folder of another kind at the output (never a run "
+                        "directory, nor a folder irlm did not make).")  # fmt: skip
 
 
 @app.callback()
@@ -80,6 +82,7 @@ def encode(
     passage_prefix: str | None = typer.Option(None, help="Text before each passage."),
     dtype: str | None = typer.Option(None, help="auto, bf16 or fp32."),
     device: str | None = DeviceOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Embed a corpus and save it as a dense index folder (under torchrun: one shard per process)."""
     from irlm.data import load_dataset
@@ -88,7 +91,7 @@ def encode(
     from irlm.train.loop import init_distributed, world
 
     _check_encoder_flags(backend, batch_size, dtype, device, pooling)
-    check_output(out, folder=True)
+    check_output(out, folder=True, kind="index", force=force)
     init_distributed()
     if device is None and world()[1] > 1 and _cuda():
         device = f"cuda:{world()[0] % _cuda()}"  # one GPU per process
@@ -128,12 +131,13 @@ def index(
                                         "trained retriever's results.json: dense_weight of "
                                         "DATA-dev+bm25-weighted)."),  # fmt: skip
     device: str | None = DeviceOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""
     opt.one_of(retriever, opt.BUILT, "--retriever")
     fusion, weight = opt.fusion(retriever, fusion, weight)
     _check_encoder_flags(backend, None, None, device)
-    check_output(out, folder=True)
+    check_output(out, folder=True, kind="index", force=force)
     if embeddings:
         from irlm.index import DenseIndex
 
@@ -357,12 +361,13 @@ def export_cmd(
     model_dir: str = typer.Argument(..., help="Encoder folder saved by irlm (or any model name irlm loads)."),
     fmt: str = typer.Option("sentence-transformers", "--format",
                             help="sentence-transformers, or onnx (the same folder plus onnx/model.onnx)."),
-    out: Path = typer.Option(..., "--out", help="A new, empty or irlm-made folder to write."),
+    out: Path = typer.Option(..., "--out", help="A new or empty folder, or an earlier export, to write."),
+    force: bool = ForceOpt,
 ) -> None:
     """Export an encoder that SentenceTransformer(DIR) or onnxruntime loads, encoding to irlm's vectors."""
     from irlm.models.export import export_encoder
 
-    err.print(f"exported {fmt} to {export_encoder(model_dir, out, fmt)}")
+    err.print(f"exported {fmt} to {export_encoder(model_dir, out, fmt, force)}")
 
 
 config_app = typer.Typer(no_args_is_help=True, help="The settings of each method and stage.")
@@ -401,29 +406,38 @@ app.add_typer(train_app, name="train")
 SetOpt = typer.Option(None, "--set", help="Override a config field: --set stage2_steps=10 (repeatable).")
 
 
+def _output_dir(cfg, force: bool):
+    """`cfg`, its output_dir checked before any model loads: new, empty, or an earlier training output (with
+    --force also an irlm folder of another kind, which is then replaced)."""
+    check_output(cfg.output_dir, "output_dir", folder=True, kind="model", force=force)
+    return cfg
+
+
 @train_app.command("anchor")
 def train_anchor(
     config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Anchor embeddings: Stage I reconstruction, then Stage II InfoNCE; stage1_steps=0 is the baseline."""
     from irlm.methods.anchor import AnchorConfig, train
     from irlm.utils import load_config
 
-    train(load_config(AnchorConfig, config, overrides))
+    train(_output_dir(load_config(AnchorConfig, config, overrides), force))
 
 
 @train_app.command("drama")
 def train_drama(
     config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """A retriever trained with InfoNCE on the original pairs plus `augment_files` (from `irlm augment`)."""
     from irlm.methods.drama.config import RetrieverConfig
     from irlm.methods.drama.train import train
     from irlm.utils import load_config
 
-    train(load_config(RetrieverConfig, config, overrides))
+    train(_output_dir(load_config(RetrieverConfig, config, overrides), force))
 
 
 @train_app.command("reasoning")
@@ -431,6 +445,7 @@ def train_reasoning(
     stage: str | None = typer.Option(None, "--stage", help="data | coldstart | grpo [default: the config's]."),
     config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Think-then-embed (LREM / Search-R3): teacher reasoning data, cold start, then GRPO (preset lrem|searchr3)."""
     from irlm.methods.reasoning.config import ReasoningConfig
@@ -438,7 +453,8 @@ def train_reasoning(
     from irlm.utils import load_config
 
     flags = [f"stage={json.dumps(stage)}"] if stage else []
-    train(load_config(ReasoningConfig, config, flags + list(overrides or [])))
+    cfg = load_config(ReasoningConfig, config, flags + list(overrides or []))
+    train(cfg if cfg.stage == "data" else _output_dir(cfg, force))  # the data stage writes reasoning_file only
 
 
 @app.command()
@@ -477,26 +493,28 @@ def augment(
 def prune(
     config: Path | None = typer.Option(None, "--config", help="YAML of PruneConfig fields (see recipes/)."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Structured L0 pruning of a Llama-family LLM to a target shape; writes a smaller transformers folder."""
     from irlm.methods.drama.config import PruneConfig
     from irlm.methods.drama.pretrain import prune as run_prune
     from irlm.utils import load_config
 
-    run_prune(load_config(PruneConfig, config, overrides))
+    run_prune(_output_dir(load_config(PruneConfig, config, overrides), force))
 
 
 @app.command()
 def pretrain(
     config: Path | None = typer.Option(None, "--config", help="YAML of PretrainConfig fields."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Continued next-token pretraining (recovery after pruning) on dataset corpora or text folders."""
     from irlm.methods.drama.config import PretrainConfig
     from irlm.methods.drama.pretrain import pretrain as run_pretrain
     from irlm.utils import load_config
 
-    run_pretrain(load_config(PretrainConfig, config, overrides))
+    run_pretrain(_output_dir(load_config(PretrainConfig, config, overrides), force))
 
 
 @app.command("serve-llm")
@@ -560,13 +578,14 @@ app.add_typer(sr_app, name="selfretrieval")
 def sr_train(
     config: Path | None = typer.Option(None, "--config", help="Recipe YAML (see recipes/)."),
     overrides: list[str] | None = SetOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Indexing + retrieval + self-assessment training, then Hits@1/5, MRR@5 and answer EM on eval_split."""
     from irlm.methods.selfretrieval.config import SelfRetrievalConfig
     from irlm.methods.selfretrieval.train import train
     from irlm.utils import load_config
 
-    train(load_config(SelfRetrievalConfig, config, overrides))
+    train(_output_dir(load_config(SelfRetrievalConfig, config, overrides), force))
 
 
 def _self_retriever(model: Path, data: str | None, device: str | None):
@@ -666,7 +685,8 @@ def mine(
 @app.command("run")
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Pipeline recipe YAML with named stages (see recipes/quickstart.yaml)."),
-    force: bool = typer.Option(False, "--force", help="Ignore finished stages and run everything again."),
+    force: bool = typer.Option(False, "--force", help="Ignore finished stages and run everything again (and "
+                               "replace an irlm folder of another kind at run_dir or a stage's folder)."),
 ) -> None:
     """Run a recipe's stages into one run directory; finished, unchanged stages are skipped."""
     from irlm.eval.report import headline, metric_rows

@@ -30,7 +30,20 @@ from pathlib import Path
 
 from irlm.configs import CONFIGS, TRAINERS
 from irlm.errors import InputError
-from irlm.utils import check_output, clean_stale_temporaries, did_you_mean, mark_as_irlm, read_yaml, write_json
+from irlm.utils import (
+    Expected,
+    check_output,
+    claim_folder,
+    clean_stale_temporaries,
+    did_you_mean,
+    folder_kind,
+    mark_as_irlm,
+    parse_expected,
+    read_marker,
+    read_yaml,
+    write_json,
+    yaml_loader,
+)
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -61,7 +74,7 @@ def read_files(stage: dict, config_text: str = "") -> list[Path]:
     import yaml
 
     try:
-        config = yaml.safe_load(config_text) if config_text else None
+        config = yaml.load(config_text, Loader=yaml_loader()) if config_text else None
     except yaml.YAMLError:
         config = None  # load_config reports it with its line when the stage runs
     names = [s for s in _strings([stage, config]) if s and "${" not in s and len(s) < 4096]
@@ -103,6 +116,8 @@ def load_recipe(path: str | Path) -> tuple[Path, list[dict]]:
         if st["name"] in names:
             raise InputError(f"{path}: two stages are named '{st['name']}'")
         check_keys(path, st)
+        check_refs(path, st, names | {st["name"]}, {other.get("name") for other in stages if isinstance(other, dict)})
+        parse_expected(st.get("expected"), f"{path}: stage '{st['name']}'")
         names.add(st["name"])
     run_dir = recipe.get("run_dir", f"runs/{path.stem}")
     if not isinstance(run_dir, str) or not run_dir.strip():
@@ -127,6 +142,28 @@ def check_keys(path: Path, stage: dict) -> None:
                              f"got {type(stage[key]).__name__} {stage[key]!r}")  # fmt: skip
 
 
+def check_refs(path: Path, stage: dict, known: set[str], every: set[str]) -> None:
+    """`${name}` must name this stage (its own folder) or one before it: a later one has not run yet."""
+    for name in REF.findall(json.dumps(stage)):
+        if name not in known:
+            where = "comes after it" if name in every else "is not in the recipe"
+            raise InputError(f"{path}: stage '{stage['name']}': '${{{name}}}' names no earlier stage (stage "
+                             f"'{name}' {where}; a stage may use its own folder and those of the stages before it)")
+
+
+def expectations(recipe: str | Path) -> dict[str, list[Expected]]:
+    """{stage name: the numbers it should reach}: its own `expected:` and that of the config file it names."""
+    _, stages = load_recipe(recipe)
+    out = {}
+    for st in stages:
+        config = read_yaml(st["config"]) if isinstance(st.get("config"), str) else None
+        from_config = config.get("expected") if isinstance(config, dict) else None
+        found = parse_expected(from_config, st.get("config")) + parse_expected(st.get("expected"), str(recipe))
+        if found:
+            out[st["name"]] = found
+    return out
+
+
 def resolve_refs(value, folders: dict[str, Path]):
     """`${name}` -> the folder of that earlier stage, inside strings, lists and dicts."""
     if isinstance(value, str):
@@ -143,42 +180,43 @@ def resolve_refs(value, folders: dict[str, Path]):
     return value
 
 
-def claim(folder: Path, h: str, fresh: bool = False) -> None:
-    """Mark the stage folder with the hash about to run. A folder left by a killed run of the same hash
-    is kept (its checkpoints resume) unless `fresh`; one from other settings is emptied, or the trainer
-    would resume from checkpoints of the old settings."""
+def claim(folder: Path, h: str, kind: str, fresh: bool = False) -> None:
+    """Mark the stage folder with the hash about to run and the `kind` of output it will hold. A folder left
+    by a killed run of the same hash is kept (its checkpoints resume) unless `fresh`; one from other settings
+    is emptied, or the trainer would resume from checkpoints of the old settings. Only this stage's own
+    folder, or an irlm folder of `kind`, may be emptied (another kind: with `irlm run --force`)."""
     mark = folder / ".stage_hash"
-    check_output(folder, "stage folder", folder=True)  # only a folder irlm made may be emptied
+    check_output(folder, "stage folder", folder=True, kind=kind, force=fresh or _stage_folder(folder))
     clean_stale_temporaries(folder)  # half-written copies of it from a killed run
     if folder.exists() and (fresh or not mark.is_file() or mark.read_text() != h):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    mark_as_irlm(folder)
+    mark_as_irlm(folder, kind, stage=folder.name)
     mark.write_text(h)
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """The run directory holds state.json and the stage folders: refuse a folder of someone else's files."""
-    if not _is_state(run_dir / STATE):
-        check_output(run_dir, "run_dir", folder=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mark_as_irlm(run_dir)
+def _stage_folder(folder: Path) -> bool:
+    """Whether irlm made `folder` as the stage of that name (an older marker records no kind: its stage hash)."""
+    note = read_marker(folder)
+    return note is not None and (note.get("stage") == folder.name or
+                                 ("kind" not in note and (folder / ".stage_hash").is_file()))  # fmt: skip
 
 
-def _is_state(path: Path) -> bool:
-    """An irlm state.json: a run directory from before irlm marked its folders."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and all(isinstance(v, dict) and "hash" in v for v in state.values())
+def claim_run_dir(run_dir: Path, force: bool = False) -> None:
+    """The run directory holds state.json and the stage folders: refuse a folder of someone else's files, and
+    an irlm folder of another kind unless `force`."""
+    check_output(run_dir, "run_dir", folder=True, kind="run", force=force)
+    claim_folder(run_dir, "run", "run_dir")
+
+
+STAGE_OUTPUT = {"train": "model", "prune": "model", "pretrain": "model", "index": "index", "report": "report"}
 
 
 def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     """Run every stage whose hash is not yet recorded as finished; returns the state."""
     run_dir, stages = load_recipe(recipe)
     check_settings(stages, run_dir)
-    claim_run_dir(run_dir)
+    claim_run_dir(run_dir, force)
     state_path = run_dir / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() and not force else {}
     hashes, folders = {}, {}
@@ -191,9 +229,12 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
             log.info("stage %s: unchanged, skipped", st["name"])
         else:
             log.info("stage %s (%s): running", st["name"], st["kind"])
-            claim(folder, h, fresh=force)
+            kind = STAGE_OUTPUT.get(st["kind"], "stage")
+            claim(folder, h, kind, fresh=force)
             settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
             result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
+            if folder.is_dir() and not _stage_folder(folder):  # an index stage's save wrote its marker anew
+                mark_as_irlm(folder, folder_kind(folder) or kind, stage=folder.name)
             state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}
             write_json(state_path, state)  # atomic: a kill never leaves a half-written record
         hashes[st["name"]] = h

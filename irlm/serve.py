@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import logging
 import threading
@@ -49,7 +50,7 @@ from irlm.models.generator.server import (
     read_api_key,
 )
 from irlm.types import Document
-from irlm.utils import check_replaceable, restore_interrupted
+from irlm.utils import WriterLock, check_replaceable, restore_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def document_store(retriever, encoder, batcher: MicroBatcher, writable: bool, fo
         raise InputError(f"--writable: {why}")
     if folder is None:
         raise InputError("writable=True needs the index folder the updates are saved to", field="folder")
-    check_replaceable(folder, "--writable index")
+    check_replaceable(folder, "--writable index", kind="index")
 
     def embed(texts: list[str]) -> list[np.ndarray]:  # through the batcher: its thread owns the encoder
         return [row for row, _ in submit(batcher, [("passage", text, 0) for text in texts])]
@@ -730,9 +731,30 @@ def serve(index: str, host: str = "127.0.0.1", port: int = 8001, api_key_env: st
     if read_api_key(api_key_env) is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
                     api_key_env or "IRLM_API_KEY")  # fmt: skip
-    restore_interrupted(index)  # a save killed between its two renames, where renames cannot swap (not Linux)
-    retriever = open_retriever(index, device, data)
-    # a micro-batch of batch_size is one encoder forward: larger ones only make early requests wait for later ones
-    app = build_app(retriever, api_key_env=api_key_env, batch_size=batch_size, fast_path=fast_path,
-                    model_name=model_name, writable=writable, folder=index)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    lock = WriterLock(index) if writable else None  # one writer per index: a second one's save would undo ours
+    try:
+        restore_interrupted(index)  # a save killed between its two renames, where renames cannot swap (not Linux)
+        retriever = open_retriever(index, device, data)
+        # a micro-batch of batch_size is one encoder forward: larger ones only make early requests wait for later
+        app = build_app(retriever, api_key_env=api_key_env, batch_size=batch_size, fast_path=fast_path,
+                        model_name=model_name, writable=writable, folder=index)  # fmt: skip
+        if lock:
+            release_at_shutdown(app, lock)
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        if lock:
+            lock.release()
+
+
+def release_at_shutdown(app: FastAPI, lock: WriterLock) -> None:
+    """Release `lock` when the app shuts down, after its last request: uvicorn re-raises the SIGTERM or SIGINT
+    that stopped it once it has shut down, so code after uvicorn.run never runs then."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with inner(app) as state:
+            yield state
+        lock.release()
+
+    app.router.lifespan_context = lifespan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import glob
 import json
@@ -18,52 +19,169 @@ from pathlib import Path
 from irlm.errors import InputError
 
 MARKER = ".irlm.json"  # written into every folder irlm makes: only folders carrying it may be emptied or replaced
-# files only irlm writes, so folders made before the marker existed are still recognised as irlm's own
-LEGACY_SIGNS = (".stage_hash", "irlm_encoder.json", "selfretrieval.json", "irlm_reasoning.json", "trainer_state.json")
+# the kinds of folder irlm writes, recorded in the marker; a command replaces only a folder of its own kind
+# ("unknown": written by a caller that named no kind; replaced only by another such write, or with --force)
+KINDS = ("index", "model", "run", "report", "export", "stage", "checkpoint", "data", "cache", "temporary", "unknown")
+# a marker written before kinds were recorded holds none: the folder's own files tell which kind it is.
+# These files never count alone, without the marker (a Hugging Face checkpoint has trainer_state.json)
+LEGACY_KINDS = (("state.json", "run"), (".stage_hash", "stage"), ("modules.json", "export"), ("report.md", "report"),
+                ("irlm_encoder.json", "model"), ("selfretrieval.json", "model"), ("irlm_reasoning.json", "model"),
+                ("trainer_state.json", "checkpoint"), ("meta.json", "index"))  # fmt: skip
+_forced: set[Path] = set()  # folders this process may replace whatever their kind (`--force`, see check_output)
+
+
+def read_marker(folder: str | Path) -> dict | None:
+    """The note in `folder`'s marker ({} where it is not a JSON object); None where there is no marker."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        note = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The kind of output irlm's marker records in `folder` (index, model, run, ...); None where irlm did not
+    make it. 'unknown' for a marker that records no kind and a folder whose files do not tell it."""
+    note = read_marker(folder)
+    if note is None:
+        return None
+    if note.get("kind") in KINDS:
+        return note["kind"]
+    return next((kind for name, kind in LEGACY_KINDS if (Path(folder) / name).exists()), "unknown")
 
 
 def made_by_irlm(folder: str | Path) -> bool:
-    """Whether `folder` carries irlm's marker (or an older irlm folder's own files: stage hash, index meta)."""
-    folder = Path(folder)
-    if any((folder / name).is_file() for name in (MARKER, *LEGACY_SIGNS)):
-        return True
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "kind" in meta  # an index saved before the marker existed
+    """Whether `folder` carries irlm's marker (files irlm also writes, such as a stage hash, are not enough)."""
+    return read_marker(folder) is not None
 
 
-def mark_as_irlm(folder: str | Path) -> None:
-    note = {"made_by": "irlm", "note": "irlm made this folder, so a later irlm run may empty or replace it"}
+def mark_as_irlm(folder: str | Path, kind: str, **extra) -> None:
+    """Write irlm's marker into `folder`, recording the `kind` of output it holds."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}")
+    why = f"irlm made this folder ({kind}), so a later irlm command writing a {kind} may replace it"
+    note = {"made_by": "irlm", "kind": kind, **extra, "note": why}
     (Path(folder) / MARKER).write_text(json.dumps(note) + "\n")
 
 
-def check_replaceable(path: str | Path, flag: str = "output") -> None:
-    """Refuse a path irlm may not overwrite: a non-empty folder without irlm's marker, or one under a file.
+def check_replaceable(path: str | Path, flag: str = "output", kind: str | None = None, force: bool = False) -> None:
+    """Refuse a path irlm may not overwrite: a non-empty folder without irlm's marker, one of another kind than
+    `kind` (unless `force`, or `check_output` was forced on it; never a run directory), or one under a file.
 
     Example:
-        >>> check_replaceable("/tmp/new-index")  # nothing there yet: fine
+        >>> check_replaceable("/tmp/new-index", "--out", "index")  # nothing there yet: fine
     """
     path = Path(path)
     if path.is_symlink() and path.is_dir():
         raise InputError(f"{flag} {path} is a link to a folder; irlm will not replace it, give a plain path")
-    if path.is_dir() and any(path.iterdir()) and not made_by_irlm(path):
-        raise InputError(f"{flag} {path} is a folder irlm did not make (no {MARKER} marker); it is left "
-                         "untouched: give a new or empty folder")  # fmt: skip
+    if path.is_dir() and any(path.iterdir()):
+        _check_kind(path, flag, kind, force or path.resolve() in _forced)
     _check_writable(path, flag)
 
 
-def check_output(path: str | Path, flag: str = "--out", folder: bool = False) -> Path:
-    """Validate an output before any expensive work: a file is not a folder, a folder is irlm's or empty,
-    and the nearest existing parent is a writable folder."""
+def _check_kind(path: Path, flag: str, kind: str | None, force: bool) -> None:
+    found = folder_kind(path)
+    if found is None:
+        raise InputError(f"{flag} {path} is a folder irlm did not make (no {MARKER} marker); it is left "
+                         "untouched (--force does not change that): give a new or empty folder")  # fmt: skip
+    if kind is None or found == kind:
+        return
+    if found == "run":
+        raise InputError(f"{flag} {path} is an irlm run directory (its state, stages and models); only `irlm run` "
+                         "may replace it, --force or not: give another folder")  # fmt: skip
+    if not force:
+        raise InputError(f"{flag} {path} is an irlm folder of kind '{found}', not '{kind}'; it is left untouched: "
+                         "give another folder, or --force to replace it")  # fmt: skip
+
+
+def check_output(path: str | Path, flag: str = "--out", folder: bool = False, kind: str | None = None,
+                 force: bool = False) -> Path:  # fmt: skip
+    """Validate an output before any expensive work: a file is not a folder, a folder is new, empty, or irlm's
+    of `kind` (with `force`: of any kind but a run directory), and the nearest existing parent is a writable
+    folder. A forced folder may then be replaced by this process's later writes of `kind`."""
     path = Path(path)
     if not folder and path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file path")
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder path")
-    check_replaceable(path, flag)
+    check_replaceable(path, flag, kind, force)
+    if force and folder:
+        _forced.add(path.resolve())
     return path
+
+
+def claim_folder(path: str | Path, kind: str, flag: str = "output_dir") -> Path:
+    """Make `path` a folder of `kind` to write into: new, empty, or irlm's of that kind (its files stay: a
+    training run resumes from its checkpoints). One of another kind that `--force` allowed is emptied first."""
+    path = Path(path)
+    check_replaceable(path, flag, kind)
+    found = folder_kind(path) if path.is_dir() else None
+    if found not in (None, kind):
+        shutil.rmtree(path)  # forced: replaced, not mixed with the other kind's files
+    path.mkdir(parents=True, exist_ok=True)
+    if found != kind:
+        mark_as_irlm(path, kind)
+    return path
+
+
+class WriterLock:
+    """An exclusive fcntl lock held for as long as one process writes the folder `path` (`irlm serve --writable`).
+
+    It lives in `.NAME.lock` beside the folder, not inside it: every save swaps the folder for a new one, and a
+    lock inside would stay with the old. The kernel drops it when its holder dies, even by kill -9.
+
+    Example:
+        >>> lock = WriterLock("runs/scifact-bm25")  # doctest: +SKIP
+        >>> lock.release()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, flag: str = "--writable index"):
+        import fcntl
+
+        path = Path(path)
+        self.file = path.with_name(f".{path.name}.lock")
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = _read_pid(self.file)
+                raise InputError(f"{flag} {path} is already written by process {holder or '(unknown)'} (lock "
+                                 f"{self.file}); one writer per index: stop it, or serve this one read-only") from None
+            if _same_file(fd, self.file):  # not a file its last holder removed between our open and lock
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file while still holding it (so no waiter holds a lock on a removed file), then unlock."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.file.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(path: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        text = path.read_text().strip()
+        return text if text.isdigit() else None
+    return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -123,27 +241,40 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
 
     Works for files and folders: a reader never sees a half-written index. A folder written so carries
-    irlm's marker; an existing folder without it is refused before the block runs, never replaced.
+    irlm's marker with its `kind` (None: an index, told by the meta.json the block wrote); an existing
+    folder without the marker, or of another kind, is refused before the block runs, never replaced.
     """
     path = Path(path)
-    check_replaceable(path)
+    check_replaceable(path, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)) / path.name
-    mark_as_irlm(tmp.parent)  # so that the next save may remove it if this process is killed
+    mark_as_irlm(tmp.parent, "temporary")  # so that the next save may remove it if this process is killed
     try:
         yield tmp
         if tmp.is_dir():
-            mark_as_irlm(tmp)
+            written = kind or _written_kind(tmp)
+            if kind is None:
+                check_replaceable(path, kind=written)  # the kind is known only now
+            mark_as_irlm(tmp, written)
         _pause_for_tests()  # a test kills the process here: the last committed folder must still be whole
         _replace(tmp, path)
         _pause_for_tests()  # ... and here, before the old one is removed: the new one must be whole
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _written_kind(folder: Path) -> str:
+    """The kind of a folder a caller wrote without naming it: an index has the meta.json of its kind."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    return "index" if isinstance(meta, dict) and "kind" in meta else "unknown"
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -266,6 +397,8 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
         if not sep:
             raise InputError(f"override '{item}' is not key=value")
         values[key.strip()] = _yaml_value(raw, item)
+    where = str(path) if path else None
+    parse_expected(values.get("expected"), where)  # checked here, read by `irlm.pipeline.expectations`
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known - {"expected"})  # `expected`: the numbers a recipe should reach
     if unknown:
@@ -273,6 +406,85 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
                          str(path) if path else None)  # fmt: skip
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     return cls(**{k: _as_declared(k, v, types[k], path) for k, v in values.items() if k in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """A number a recipe says it reaches: `metric` (ndcg@10, ...) on dataset `data` (None: the one it trains
+    on), `value`, give or take `tolerance` (absolute)."""
+
+    metric: str
+    data: str | None
+    value: float
+    tolerance: float = 0.01  # a default for recipes that set none; a recipe that knows its spread sets its own
+
+
+EXPECTED_KEYS = ("metric", "data", "value", "tolerance")
+
+
+def parse_expected(raw, where: str | None = None) -> list[Expected]:
+    """A recipe's `expected:`, typed. Either a mapping {DATA_METRIC: value} (`scifact_ndcg@10: 0.4036`, or a
+    bare metric), where a value may also be {value: v, tolerance: t}; or a list of
+    {metric, data, value, tolerance} mappings. Anything else is one line naming the file.
+
+    Example:
+        >>> parse_expected({"scifact_ndcg@10": 0.4036})
+        [Expected(metric='ndcg@10', data='scifact', value=0.4036, tolerance=0.01)]
+    """
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        return [_expected_entry(_expected_key(str(key), where), value, where) for key, value in raw.items()]
+    if isinstance(raw, list):
+        return [_expected_item(item, n, where) for n, item in enumerate(raw, 1)]
+    raise InputError(f"expected: a mapping {{DATA_METRIC: value}} or a list of {{{', '.join(EXPECTED_KEYS)}}}, "
+                     f"got {type(raw).__name__}", where)  # fmt: skip
+
+
+def _expected_key(key: str, where: str | None) -> tuple[str, str | None]:
+    """'scifact_ndcg@10' -> ('ndcg@10', 'scifact'); 'map' -> ('map', None)."""
+    from irlm.eval.metrics import KNOWN, METRIC
+
+    data, _, metric = key.rpartition("_")
+    if METRIC.fullmatch(key):
+        return key, None
+    if data and METRIC.fullmatch(metric):
+        return metric, data
+    raise InputError(f"expected: '{key}' is not METRIC or DATA_METRIC (metrics: {', '.join(KNOWN)})", where)
+
+
+def _expected_entry(metric_data: tuple[str, str | None], value, where: str | None) -> Expected:
+    metric, data = metric_data
+    if isinstance(value, dict):
+        return _expected_item({"metric": metric, "data": data, **value}, None, where)
+    return Expected(metric, data, _number(value, f"expected: {metric}", where))
+
+
+def _expected_item(item, n: int | None, where: str | None) -> Expected:
+    label = f"expected: entry {n}" if n else f"expected: {item.get('metric')}" if isinstance(item, dict) else ""
+    if not isinstance(item, dict):
+        raise InputError(f"{label} is not a mapping of {', '.join(EXPECTED_KEYS)} (got {item!r})", where)
+    unknown = sorted(map(str, set(item) - set(EXPECTED_KEYS)))
+    if unknown or "metric" not in item or "value" not in item:
+        what = f"has unknown key '{unknown[0]}'" if unknown else "needs 'metric' and 'value'"
+        raise InputError(f"{label} {what} (keys: {', '.join(EXPECTED_KEYS)})", where)
+    from irlm.eval.metrics import KNOWN, METRIC
+
+    metric, data = item["metric"], item.get("data")
+    if not isinstance(metric, str) or not METRIC.fullmatch(metric):
+        raise InputError(f"{label}: unknown metric {metric!r} (known: {', '.join(KNOWN)})", where)
+    if data is not None and not isinstance(data, str):
+        raise InputError(f"{label}: data must be a dataset name, got {data!r}", where)
+    tolerance = _number(item.get("tolerance", Expected.tolerance), f"{label}: tolerance", where)
+    if tolerance < 0:
+        raise InputError(f"{label}: tolerance must be at least 0, got {tolerance}", where)
+    return Expected(metric, data, _number(item["value"], f"{label}: value", where), tolerance)
+
+
+def _number(value, label: str, where: str | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{label} must be a number, got {value!r}", where)
+    return float(value)
 
 
 def read_yaml(path: str | Path):
@@ -283,22 +495,47 @@ def read_yaml(path: str | Path):
     if not path.is_file():
         raise InputError("no such file", str(path))
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
     except yaml.YAMLError as e:
+        if isinstance(e, yaml_loader().Refused):
+            raise InputError(e.problem, str(path), e.problem_mark.line + 1) from None
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"YAML syntax error: {problem}", str(path), mark.line + 1 if mark else None) from None
+
+
+@cache
+def yaml_loader():
+    """PyYAML's SafeLoader without anchors (&a) and aliases (*a): a few nested aliases in a 1 KB file expand to
+    gigabytes, and an alias inside its own anchor makes a structure with no end. irlm's files need neither.
+    Its `Refused` error (a YAMLError) carries the line in `problem_mark`."""
+    import yaml
+
+    class Refused(yaml.composer.ComposerError):
+        pass
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise Refused(None, None, "YAML anchors (&name) and aliases (*name) are not accepted; write the "
+                              "value out in full", event.start_mark)  # fmt: skip
+            return super().compose_node(parent, index)
+
+    NoAliasLoader.Refused = Refused
+    return NoAliasLoader
 
 
 def _yaml_value(raw: str, item: str):
     import yaml
 
     try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise InputError(f"override '{item}': the value is not valid YAML") from None
+        return yaml.load(raw, Loader=yaml_loader())
+    except yaml.YAMLError as e:
+        why = e.problem if isinstance(e, yaml_loader().Refused) else "the value is not valid YAML"
+        raise InputError(f"override '{item}': {why}") from None
 
 
 def did_you_mean(name: str, known) -> str:

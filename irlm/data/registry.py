@@ -144,7 +144,7 @@ def download_dataset(info: DatasetInfo) -> Path:
         got = md5sum(tmp_zip)
         if info.md5 and got != info.md5:
             raise InputError(f"dataset '{info.name}': checksum mismatch, expected md5 {info.md5}, got {got}", info.url)
-        with atomic_path(dest) as tmp_dir:
+        with atomic_path(dest, "data") as tmp_dir:
             _extract(tmp_zip, info.name, tmp_dir)
     return dest
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from irlm.errors import InputError
-from irlm.utils import write_json
+from irlm.utils import MARKER, claim_folder, made_by_irlm, write_json
 
 HEADLINE = ("ndcg@10", "mrr@5", "hits@5")  # the first a system has is its table and chart value
 NOT_LOSS = {"step", "lr", "grad_norm", "elapsed_s", "reencoded", "clip_fraction"}  # bookkeeping, not losses
@@ -62,8 +62,10 @@ def read_state(run_dir: Path) -> dict:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     state = read_state(run_dir)
-    out = Path(out or run_dir / "report")
-    out.mkdir(parents=True, exist_ok=True)
+    if not made_by_irlm(run_dir):  # a results.json or state.json alone does not make a folder irlm's
+        raise InputError(f"{run_dir} is a folder irlm did not make (no {MARKER} marker); irlm report writes only "
+                         "into folders irlm made")  # fmt: skip
+    out = claim_folder(out or run_dir / "report", "report", "report folder")
     rows, logs = metric_rows(state), read_logs(run_dir)
     charts = [c for c in (metrics_chart(rows, out), curves_chart(logs, out, "loss"), curves_chart(logs, out, "reward"))
               if c]  # fmt: skip

@@ -198,7 +198,7 @@ class DenseIndex:
         return run
 
     def save(self, folder: str | Path) -> None:
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "index") as tmp:
             tmp.mkdir()
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
             (tmp / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False))

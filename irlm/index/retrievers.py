@@ -94,7 +94,7 @@ class HybridRetriever:
         return fusion.top_k(fused, k)
 
     def save(self, folder) -> None:
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "index") as tmp:
             for n, part in enumerate(self.parts):
                 part.save(tmp / f"part{n}")
             meta = {"kind": "hybrid", "method": self.method, "weights": self.weights, "depth": self.depth,

@@ -59,10 +59,12 @@ def _folds() -> dict[str, str]:
     return out
 
 
-def export_encoder(model_dir: str | Path, out_dir: str | Path, fmt: str = "sentence-transformers") -> Path:
+def export_encoder(model_dir: str | Path, out_dir: str | Path, fmt: str = "sentence-transformers",
+                   force: bool = False) -> Path:  # fmt: skip
     """Write `model_dir` (a folder saved by `LLMEncoder.save`, or any name irlm loads) as `fmt` into `out_dir`.
 
-    Refuses an `out_dir` that is a non-empty folder irlm did not make, and any setting the target
+    Refuses an `out_dir` that is a non-empty folder irlm did not make, or one of another kind than an export
+    (unless `force`; never a run directory), and any setting the target
     format cannot reproduce (InputError naming the setting). The folder is checked before it is
     moved into place: the reloaded tokenizer gives irlm's token ids on probe texts, and the ONNX graph
     gives irlm's vectors to 1e-3.
@@ -75,12 +77,12 @@ def export_encoder(model_dir: str | Path, out_dir: str | Path, fmt: str = "sente
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"export to {fmt} needs {', '.join(missing)}: pip install 'irlm[dev]'")
-    out = check_output(out_dir, "--out", folder=True)  # before loading a model: fail fast
+    out = check_output(out_dir, "--out", folder=True, kind="export", force=force)  # before loading a model
     enc = LLMEncoder.from_pretrained(str(model_dir), device="cpu", dtype="fp32")
     positions = getattr(enc.model.config, "max_position_embeddings", None)
     if positions and positions > 0 and enc.config.max_length > positions:  # as sentence-transformers caps it;
         enc.config.max_length = positions  # irlm itself fails on texts longer than the model's positions
-    with atomic_path(out) as tmp:
+    with atomic_path(out, "export") as tmp:
         _write_sentence_transformers(enc, tmp)
         _check_tokens(enc, tmp)
         if fmt == "onnx":

@@ -64,7 +64,7 @@ def convert_gguf(gguf_path: Path, dest: Path) -> Path:
         model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None
     model.is_quantized = False
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, "cache") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return dest

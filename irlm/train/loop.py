@@ -284,7 +284,7 @@ class Trainer:
         if self.rank != 0:
             return
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "checkpoint") as tmp:
             tmp.mkdir()
             names = {id(p): n for n, p in self.task.named_parameters()}
             save_file({names[id(p)]: p.detach().contiguous() for p in self.params}, tmp / "trainable.safetensors")

@@ -1,5 +1,7 @@
 """irlm deletes or replaces only what it made: stage names stay inside the run directory, a folder without
-irlm's marker is refused (pipeline, `irlm index`, `irlm encode`), and temporaries of killed runs are cleaned."""
+irlm's marker is refused (pipeline, `irlm index`, `irlm encode`), and temporaries of killed runs are cleaned.
+A command replaces only a folder of its own kind (index, model, run, report, export); `--force` replaces
+another kind, never a run directory or a folder irlm did not make; `irlm report` writes only into irlm's folders."""
 
 from __future__ import annotations
 
@@ -7,14 +9,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
 from irlm import pipeline
+from irlm.cli import run
 from irlm.errors import InputError
 from irlm.index import BM25Index
-from irlm.utils import MARKER, atomic_path, made_by_irlm, mark_as_irlm
+from irlm.utils import (
+    MARKER,
+    atomic_path,
+    check_output,
+    claim_folder,
+    folder_kind,
+    made_by_irlm,
+    mark_as_irlm,
+    read_marker,
+)
 
 
 def irlm(*args, cwd=None):
@@ -97,12 +110,14 @@ def test_atomic_path_refuses_a_foreign_folder_before_the_work(tmp_path):
     assert intact(target) and sorted(os.listdir(tmp_path)) == ["index"]
 
 
-def test_an_index_saved_before_the_marker_existed_can_be_replaced(tmp_path):
+def test_an_index_saved_before_the_marker_existed_is_not_taken_for_irlms(tmp_path):
+    """A meta.json with a kind is what an old irlm index holds, and what anyone may write: never enough alone."""
     index = BM25Index()
     index.add(["a", "b"], ["the cat sat", "dogs bark loudly"])
     index.save(tmp_path / "bm25")
-    (tmp_path / "bm25" / MARKER).unlink()  # as saved by an older irlm: meta.json with its kind
-    index.save(tmp_path / "bm25")
+    (tmp_path / "bm25" / MARKER).unlink()
+    with pytest.raises(InputError, match="irlm did not make"):
+        index.save(tmp_path / "bm25")
     assert BM25Index.load(tmp_path / "bm25").ids == ["a", "b"]
 
 
@@ -111,10 +126,10 @@ def test_temporaries_of_a_killed_writer_are_cleaned_on_the_next_save(tmp_path):
     dead.wait()  # a pid that no process holds any more
     stale = tmp_path / f".bm25.tmp-{dead.pid}-abcd1234" / "bm25"
     stale.mkdir(parents=True)
-    mark_as_irlm(stale.parent)  # as atomic_path marks its temporaries
+    mark_as_irlm(stale.parent, "temporary")  # as atomic_path marks its temporaries
     (stale / "vectors.npy").write_bytes(b"\0" * 1000)
     live = tmp_path / f".bm25.tmp-{os.getpid()}-other"  # a writer still running: kept
-    mark_as_irlm(user_folder(live))
+    mark_as_irlm(user_folder(live), "temporary")
     alike = user_folder(tmp_path / f".bm25.tmp-{dead.pid}-mine")  # the name of a temporary, not irlm's: kept
     index = BM25Index()
     index.add(["a"], ["the cat sat"])
@@ -152,10 +167,273 @@ def test_a_rerun_cleans_the_temporaries_of_a_stage_killed_mid_write(tmp_path, ma
     dead.wait()
     stale = run / f".idx.tmp-{dead.pid}-k1ll3d" / "idx"
     stale.mkdir(parents=True)
-    mark_as_irlm(stale.parent)
+    mark_as_irlm(stale.parent, "temporary")
     (stale / "vectors.npy").write_bytes(b"\0" * 10_000)
     old = run / f".idx.old-{dead.pid}"  # the old copy of a replace cut short
     old.mkdir()
-    mark_as_irlm(old)
+    mark_as_irlm(old, "stage")
     pipeline.run_pipeline(write_recipe(tmp_path, run, ["a", "idx"]))
     assert sorted(p.name for p in run.iterdir()) == [MARKER, "a", "idx", "state.json"]
+
+
+# --- ownership by kind: each folder irlm may not replace, as the output of every command that writes ----------
+
+
+def hf_checkpoint(path: Path) -> Path:
+    """A Hugging Face Trainer checkpoint: its trainer_state.json is also a file irlm's trainer writes."""
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text('{"global_step": 500}')
+    (path / "model.safetensors").write_bytes(b"weights" * 1000)
+    return path
+
+
+def kind_meta(path: Path) -> Path:
+    """Someone's folder whose meta.json happens to have a "kind", as an irlm index's has."""
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text('{"kind": "survey"}')
+    (path / "data.csv").write_text("id,answer\n1,yes\n")
+    return path
+
+
+def run_folder(path: Path, toy_beir: Path) -> Path:
+    """A real `irlm run` directory: state.json, a stage folder, and a trained model in another stage's folder."""
+    recipe = path.parent / f"{path.name}.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(path), "stages": [{"name": "d", "kind": "data",
+                                                                          "data": str(toy_beir)}]}))  # fmt: skip
+    pipeline.run_pipeline(recipe)
+    claim_folder(path / "anchor", "model")
+    (path / "anchor" / "model.safetensors").write_bytes(b"trained" * 1000)
+    return path
+
+
+def model_folder(path: Path, encoder) -> Path:
+    """A trained model as irlm saves it (LLMEncoder.save)."""
+    encoder.save(path)
+    return path
+
+
+@pytest.fixture
+def victims(tmp_path, toy_beir, llama_encoder):
+    return {"hf-checkpoint": lambda p: hf_checkpoint(p), "meta-kind": lambda p: kind_meta(p),
+            "run": lambda p: run_folder(p, toy_beir), "model": lambda p: model_folder(p, llama_encoder)}  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli_error(capsys, args: list) -> str:
+    """Run `irlm ARGS` in this process; it must end with one `error:` line and exit code 2."""
+    capsys.readouterr()  # what the set-up printed (progress bars)
+    with mock.patch.object(sys, "argv", ["irlm", *map(str, args)]), pytest.raises(SystemExit) as ended:
+        run()
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert ended.value.code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def cli_ok(capsys, args: list) -> None:
+    with mock.patch.object(sys, "argv", ["irlm", *map(str, args)]), pytest.raises(SystemExit) as ended:
+        run()
+    assert ended.value.code == 0, capsys.readouterr().err
+
+
+def folder_writers(out: Path, data: Path) -> dict[str, list]:
+    """Every command that writes a folder, with `out` as that folder. Models that do not exist: the folder is
+    checked before any model loads."""
+    no_model = "no/such-model"
+    sets = ["--set", f"output_dir={out}", "--set", f"model={no_model}"]
+    recipe = out.parent / "writes-there.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(out), "stages": [{"name": "d", "kind": "data",
+                                                                         "data": str(data)}]}))  # fmt: skip
+    return {
+        "index": ["index", "--data", data, "--out", out],
+        "encode": ["encode", "--data", data, "--out", out, "--model", no_model],
+        "export": ["export", no_model, "--out", out],
+        "train anchor": ["train", "anchor", *sets],
+        "train drama": ["train", "drama", *sets],
+        "train reasoning": ["train", "reasoning", "--stage", "coldstart", *sets],
+        "selfretrieval train": ["selfretrieval", "train", *sets],
+        "prune": ["prune", *sets],
+        "pretrain": ["pretrain", *sets],
+        "run": ["run", recipe],
+    }
+
+
+def file_writers(out: Path, data: Path, trec: Path) -> dict[str, list]:
+    """Every command that writes a file, with the folder `out` given as that file."""
+    return {
+        "search": ["search", "--index", out, "--data", data, "--out", out],
+        "eval --out-run": ["eval", "--data", data, "--out-run", out],
+        "fuse": ["fuse", trec, trec, "--out", out],
+        "augment": ["augment", "--strategy", "crop", "--data", data, "--out", out],
+        "mine": ["mine", "--data", data, "--out", out],
+        "selfretrieval search": ["selfretrieval", "search", "--model", out, "--out", out],
+    }
+
+
+# a training output is a model folder, and a run directory is `irlm run`'s own: those pairs are same-kind writes
+SAME_KIND = {("model", "train anchor"), ("model", "train drama"), ("model", "train reasoning"),
+             ("model", "selfretrieval train"), ("model", "prune"), ("model", "pretrain"), ("run", "run")}  # fmt: skip
+WHY = {"hf-checkpoint": "irlm did not make", "meta-kind": "irlm did not make", "run": "only `irlm run` may replace",
+       "model": "of kind 'model'"}  # fmt: skip
+
+
+@pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run", "model"])
+def test_every_writer_refuses_a_folder_it_may_not_replace_and_leaves_it_whole(tmp_path, toy_beir, victims, capsys,
+                                                                              victim):  # fmt: skip
+    target = victims[victim](tmp_path / "target")
+    before = snapshot(target)
+    trec = tmp_path / "a.trec"
+    trec.write_text("q1 Q0 d1 1 1.0 x\n")
+    commands = {**folder_writers(target, toy_beir), **file_writers(target, toy_beir, trec)}
+    for name, args in commands.items():
+        if (victim, name) in SAME_KIND:
+            continue
+        line = cli_error(capsys, args)
+        why = "is a folder; give a file path" if name in file_writers(target, toy_beir, trec) else WHY[victim]
+        assert str(target) in line and why in line, (name, line)
+        assert snapshot(target) == before, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["target", "toy", "a.trec", "writes-there.yaml",
+                                                                  *(["target.yaml"] if victim == "run" else [])])  # fmt: skip
+
+
+@pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run"])
+def test_force_never_replaces_a_run_directory_or_a_folder_irlm_did_not_make(tmp_path, toy_beir, victims, capsys,
+                                                                            victim):  # fmt: skip
+    target = victims[victim](tmp_path / "target")
+    before = snapshot(target)
+    for args in (["index", "--data", toy_beir, "--out", target, "--force"],
+                 ["train", "anchor", "--set", f"output_dir={target}", "--force"]):  # fmt: skip
+        line = cli_error(capsys, args)
+        assert WHY[victim] in line and "--force" in line
+        assert snapshot(target) == before
+
+
+def test_force_replaces_an_irlm_folder_of_another_kind(tmp_path, toy_beir, llama_encoder, capsys):
+    model = model_folder(tmp_path / "model", llama_encoder)
+    cli_ok(capsys, ["index", "--data", toy_beir, "--out", model, "--force"])
+    assert folder_kind(model) == "index" and not (model / "model.safetensors").exists()
+    assert BM25Index.load(model).ids == ["d1", "d2", "d3", "d4", "d5"]
+
+
+def test_a_forced_training_output_empties_the_other_kind_first(tmp_path, toy_beir, capsys):
+    index = tmp_path / "index"
+    cli_ok(capsys, ["index", "--data", toy_beir, "--out", index])
+    prune = ["prune", "--set", f"output_dir={index}", "--set", "model=no/such-model"]  # fails at once at the model
+    line = cli_error(capsys, prune)
+    assert "of kind 'index', not 'model'" in line and folder_kind(index) == "index"
+    with mock.patch.object(sys, "argv", ["irlm", *prune, "--force"]), pytest.raises(SystemExit):
+        run()  # the folder is taken, then the model is not found
+    assert folder_kind(index) == "model" and sorted(os.listdir(index)) == [MARKER]  # replaced, then nothing written
+
+
+def test_same_kind_outputs_are_replaced_or_resumed(tmp_path, toy_beir, llama_dir, capsys):
+    index = tmp_path / "index"
+    cli_ok(capsys, ["index", "--data", toy_beir, "--out", index])
+    cli_ok(capsys, ["encode", "--data", toy_beir, "--out", index, "--model", llama_dir, "--device", "cpu"])
+    assert folder_kind(index) == "index" and (index / "vectors.npy").is_file()
+    out = claim_folder(tmp_path / "train", "model")
+    (out / "log.jsonl").write_text('{"step": 1}\n')  # a training run to resume: its files stay
+    check_output(out, "output_dir", folder=True, kind="model")
+    assert claim_folder(out, "model") == out and (out / "log.jsonl").is_file() and folder_kind(out) == "model"
+
+
+@pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run"])  # a model folder: its own kind
+def test_every_trainer_checks_its_output_dir_itself(tmp_path, toy_beir, victims, victim):
+    """The Python API too: each method's train() refuses the folder before any model loads."""
+    from irlm.methods.anchor import AnchorConfig
+    from irlm.methods.anchor import train as anchor
+    from irlm.methods.drama.config import PretrainConfig, PruneConfig, RetrieverConfig
+    from irlm.methods.drama.pretrain import pretrain, prune
+    from irlm.methods.drama.train import train as drama
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train as reasoning
+    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+    from irlm.methods.selfretrieval.train import train as selfretrieval
+
+    target = victims[victim](tmp_path / "target")
+    before = snapshot(target)
+    trainers = [(anchor, AnchorConfig), (drama, RetrieverConfig), (reasoning, ReasoningConfig),
+                (selfretrieval, SelfRetrievalConfig), (prune, PruneConfig), (pretrain, PretrainConfig)]  # fmt: skip
+    for train, cls in trainers:
+        cfg = cls(output_dir=str(target), model="no/such-model")
+        with pytest.raises(InputError, match="irlm did not make|only `irlm run`|of kind 'model'"):
+            train(cfg)
+        assert snapshot(target) == before, train
+
+
+def test_each_writer_records_its_kind(tmp_path, toy_beir, capsys):
+    cli_ok(capsys, ["index", "--data", toy_beir, "--out", tmp_path / "idx"])
+    run = run_folder(tmp_path / "run", toy_beir)
+    cli_ok(capsys, ["report", run])
+    assert [folder_kind(p) for p in (tmp_path / "idx", run, run / "d", run / "report")] == [
+        "index", "run", "stage", "report"]  # fmt: skip
+    assert read_marker(run / "d")["stage"] == "d"
+
+
+def test_an_index_stage_keeps_its_stage_name_after_its_save(tmp_path, toy_beir):
+    """An index stage's save writes the folder anew; the run still knows it as its stage, so another kind of
+    stage under that name may take it over without --force."""
+    recipe = tmp_path / "r.yaml"
+    stage = {"name": "s", "kind": "index", "data": str(toy_beir)}
+    recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [stage]}))
+    pipeline.run_pipeline(recipe)
+    assert folder_kind(tmp_path / "run" / "s") == "index" and read_marker(tmp_path / "run" / "s")["stage"] == "s"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [
+        {"name": "s", "kind": "data", "data": str(toy_beir)}]}))  # fmt: skip
+    pipeline.run_pipeline(recipe)
+    assert folder_kind(tmp_path / "run" / "s") == "stage"
+
+
+def test_irlm_run_takes_another_kind_of_folder_only_with_force(tmp_path, toy_beir, capsys):
+    index = tmp_path / "idx"
+    cli_ok(capsys, ["index", "--data", toy_beir, "--out", index])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(index), "stages": [{"name": "d", "kind": "data",
+                                                                           "data": str(toy_beir)}]}))  # fmt: skip
+    assert "of kind 'index', not 'run'" in cli_error(capsys, ["run", recipe])
+    assert folder_kind(index) == "index"
+    cli_ok(capsys, ["run", recipe, "--force"])
+    assert folder_kind(index) == "run" and not (index / "meta.json").exists()
+
+
+def test_legacy_markers_tell_their_kind_by_the_folder_files(tmp_path):
+    """A marker from before kinds were recorded: the files beside it say the kind; without a marker, nothing."""
+    for name, kind in [("state.json", "run"), ("irlm_encoder.json", "model"), ("meta.json", "index"),
+                       ("notes.txt", "unknown")]:  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text("{}")
+        assert folder_kind(folder) is None
+        (folder / MARKER).write_text('{"made_by": "irlm"}')
+        assert folder_kind(folder) == kind
+
+
+# --- irlm report writes only into folders irlm made -------------------------------------------------------------
+
+
+def test_report_refuses_a_folder_irlm_did_not_make(tmp_path, capsys):
+    folder = user_folder(tmp_path / "results")
+    (folder / "results.json").write_text('{"metrics": {"ndcg@10": 0.5}}')
+    (folder / "report").mkdir()
+    (folder / "report" / "report.md").write_text("my own notes")
+    before = snapshot(folder)
+    line = cli_error(capsys, ["report", folder])
+    assert str(folder) in line and "irlm did not make" in line and snapshot(folder) == before
+
+
+def test_report_refuses_a_report_folder_it_did_not_make_inside_a_run(tmp_path, toy_beir, capsys):
+    run = run_folder(tmp_path / "run", toy_beir)
+    notes = user_folder(run / "report")
+    assert "irlm did not make" in cli_error(capsys, ["report", run]) and intact(notes)
+    assert sorted(os.listdir(notes)) == ["thesis.tex"]
+
+
+def test_report_rewrites_its_own_report(tmp_path, toy_beir, capsys):
+    run = run_folder(tmp_path / "run", toy_beir)
+    for _ in range(2):
+        cli_ok(capsys, ["report", run])
+    assert (run / "report" / "report.md").is_file() and folder_kind(run / "report") == "report"

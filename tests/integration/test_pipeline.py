@@ -17,6 +17,7 @@ import yaml
 from irlm import pipeline
 from irlm.errors import InputError
 from irlm.eval.report import write_report
+from irlm.utils import mark_as_irlm
 
 STUB = Path(__file__).parents[1] / "scripts" / "pipeline_stub.py"
 
@@ -141,6 +142,7 @@ def test_report_tables_and_charts(tmp_path):
              "sr": {"kind": "train", "result": {"metrics": {"hits@1": 0.25, "mrr@5": 0.375}}},
              "data": {"kind": "data", "result": {"scifact": {"docs": 5183}}}}  # fmt: skip
     (run / "state.json").write_text(json.dumps(state))
+    mark_as_irlm(run, "run")  # as `irlm run` leaves it: report writes only into folders irlm made
     md = write_report(run)
     text = md.read_text()
     assert "| bm25 | scifact | ndcg@10 | 0.6762 |" in text and "| sr | - | mrr@5 | 0.3750 |" in text
@@ -159,6 +161,7 @@ def test_report_of_one_training_output(tmp_path):
     out.mkdir()
     (out / "log.jsonl").write_text("".join(json.dumps({"step": s, "reward_mean": 0.5 + s / 10}) + "\n" for s in (1, 2)))
     (out / "results.json").write_text(json.dumps({"metrics": {"scifact": {"ndcg@10": 0.4386}}, "config": {}}))
+    mark_as_irlm(out, "model")  # as a trainer leaves its output_dir
     md = write_report(out)
     assert "| grpo | scifact | ndcg@10 | 0.4386 |" in md.read_text()
     assert (md.parent / "reward.png").read_bytes()[:4] == b"\x89PNG"

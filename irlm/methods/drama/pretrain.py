@@ -19,7 +19,7 @@ from irlm.methods.drama.prune import PruneTask, Shape
 from irlm.models.resolve import resolve_model
 from irlm.train.lm import LMTask
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
-from irlm.utils import pick_device, write_json
+from irlm.utils import claim_folder, pick_device, write_json
 
 
 def non_embedding_params(model) -> int:
@@ -53,6 +53,7 @@ def prune(cfg: PruneConfig) -> dict:
     """Learn the masks, export output_dir/final, and write summary.json (shapes and parameter counts)."""
     from transformers import AutoConfig
 
+    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
     full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
@@ -83,6 +84,7 @@ def check_target(cfg: PruneConfig, config) -> tuple[Shape, Shape]:
 
 def pretrain(cfg: PretrainConfig) -> dict:
     """Continued next-token pretraining; output_dir/final is a plain transformers folder."""
+    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
     model, tok = load_lm(cfg.model, cfg.device)

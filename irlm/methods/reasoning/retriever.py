@@ -101,7 +101,7 @@ class ReasoningRetriever:
             raise InputError("save the reasoning model first (emb.save) and load it from its folder")
         if self.thinking == "source":
             raise InputError("a 'source' system carries a Python fill function and cannot be saved")
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "index") as tmp:
             tmp.mkdir()
             self.index.save(tmp / "index")
             write_manifest(tmp, self.kind, model=str(Path(model).resolve()), thinking=self.thinking)
