@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def test_format_and_the_emb_state(emb):
 def test_cold_start_loss_parts(emb):
     task = tasks.ColdStartTask(emb)
     parts = task.step(EXAMPLES)
-    assert set(parts) == {"sft", "infonce"} and all(v > 0 for v in parts.values())
+    assert set(parts) == {"sft", "infonce", "lambda_sft"} and all(v > 0 for v in parts.values())
     grad = emb.model.get_input_embeddings().weight.grad
     assert grad[emb.think].abs().sum() > 0 and grad[emb.emb].abs().sum() > 0  # the new tokens learn
     row, start = emb.query_ids(EXAMPLES[0]["query"], EXAMPLES[0]["reasoning"])
@@ -95,10 +96,27 @@ def test_equal_rewards_give_no_policy_gradient(emb, monkeypatch):
 
 def test_in_batch_ranks():
     task = tasks.GRPOTask.__new__(tasks.GRPOTask)
-    task.group, task.env = 2, None
+    task.group, task.env, task.negatives = 2, None, None
     docs = torch.eye(2)
     q = torch.tensor([[1.0, 0.0], [0.2, 0.9], [0.0, 1.0], [0.9, 0.1]])  # samples 0-1: query 0; 2-3: query 1
     assert task._ranks(q, docs, [{}, {}]) == [1, 2, 1, 2]
+    tied = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])  # a collapsed policy: all scores equal
+    assert task._ranks(tied, docs, [{}, {}]) == [2, 2, 2, 2]  # ties count against the positive
+
+
+def test_batch_ranks_reach_rank_docs_through_the_negatives():
+    """rank_against batch with a negative pool: N = the batch's documents + the pool's, and a negative that
+    scores above the positive pushes it down."""
+    from irlm.methods.reasoning.env import SelectiveIndex
+
+    pool = {"n0": [0.0, 0.0, 1.0], "n1": [0.6, 0.8, 0.0], "n2": [0.0, -1.0, 0.0]}
+    task = tasks.GRPOTask.__new__(tasks.GRPOTask)
+    task.group, task.env = 1, None
+    task.negatives = SelectiveIndex(list(pool), lambda ids: np.array([pool[i] for i in ids], dtype=np.float32))
+    docs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.7, 0.71]])
+    assert task.n_docs(2) == 5
+    assert task._ranks(q, docs, [{}, {}]) == [1, 2]  # query 1's positive (0.7) is below n0 (0.71) only
 
 
 def test_grpo_ranks_against_the_corpus_through_the_environment(emb):
@@ -118,7 +136,7 @@ def test_grpo_ranks_against_the_corpus_through_the_environment(emb):
     before = env.encoded
     parts = task.step(examples, seed=2)
     ranks, n = seen[0]
-    assert n == 42 and len(ranks) == 4 and all(1 <= r <= 42 for r in ranks)
+    assert n == 42 and len(ranks) == 4 and all(r is None or 1 <= r <= 42 for r in ranks)
     assert parts["reencoded"] == env.encoded - before and 2 + 5 <= parts["reencoded"] <= 2 + 4 * 3 + 5
 
 
@@ -157,7 +175,7 @@ def test_a_thought_stopped_at_end_of_text_earns_no_length_reward(emb):
 def test_rewards_presets():
     assert tasks.lrem_rewards(["<think>a</think><emb>"], [1], [1], 8) == [pytest.approx(1.7)]
     assert tasks.lrem_rewards(["no format"], [40], [8], 8) == [pytest.approx(0.0)]
-    assert tasks.searchr3_rewards(["<think>a</think><emb>", "<think>a"], [1, 1], [1, 1], 4) == [1.0, 0.0]
+    assert tasks.searchr3_rewards(["<think>a</think><emb>", "<think>a"], [1, 1], [1, None], 4) == [1.0, 0.0]
 
 
 def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
@@ -183,6 +201,31 @@ def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
     assert grpo["final"]["reencoded"] >= 2 and "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
     log = [json.loads(line) for line in open(tmp_path / "grpo" / "log.jsonl")]
     assert "reward_mean" in log[-1]
+
+
+def test_held_out_dev_queries_and_negatives_in_training(lm_dir, toy_beir, tmp_path):
+    """dev_queries leaves queries out of training and reports their closed share; rank_against batch ranks
+    among the batch's documents plus unjudged corpus documents, up to rank_docs."""
+    from irlm.errors import InputError
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import dev_queries, train
+
+    common = {"data": str(toy_beir), "train_split": "test", "eval_data": [], "teacher": "prf-positive",
+              "reasoning_file": str(tmp_path / "r.jsonl"), "max_length": 48, "reasoning_tokens": 4, "batch_size": 2,
+              "precision": "fp32", "save_every": 0, "device": "cpu", "dev_queries": 1, "probe_every": 1}  # fmt: skip
+    train(ReasoningConfig(stage="data", **common))
+    held = dev_queries(ReasoningConfig(**common))
+    assert len(held) == 1 and held == dev_queries(ReasoningConfig(**common, seed=7))  # the same for every seed
+    cold = train(ReasoningConfig(stage="coldstart", model=str(lm_dir), output_dir=str(tmp_path / "cold"), steps=2,
+                                 **common))  # fmt: skip
+    assert cold["examples"] == 2 and 0.0 <= cold["metrics"][f"{toy_beir}-dev"]["closed"] <= 1.0
+    log = [json.loads(line) for line in open(tmp_path / "cold" / "log.jsonl")]
+    assert all("closed" in row for row in log)
+    grpo = ReasoningConfig(stage="grpo", model=str(tmp_path / "cold" / "final"), group=2, steps=1,
+                           output_dir=str(tmp_path / "grpo"), rank_docs=4, **common)  # fmt: skip
+    assert train(grpo)["final"]["reencoded"] == 2  # the two unjudged documents, the whole pool
+    with pytest.raises(InputError, match="rank_docs"):
+        train(ReasoningConfig(**{**grpo.__dict__, "rank_docs": 8, "output_dir": str(tmp_path / "g2")}))
 
 
 def test_reasoning_ablations_replace_what_fills_think():
@@ -283,7 +326,7 @@ def test_one_grpo_step_raises_the_better_samples_probability(emb, monkeypatch):
     with torch.no_grad():
         for p in emb.model.parameters():
             if p.grad is not None:
-                p -= 1e-4 * p.grad
+                p -= 1e-3 * p.grad
     change = _action_logprobs(emb, query[0]["query"], samples) - before
     assert change[0] > change[1:].mean() + 0.1, change
 
@@ -336,13 +379,6 @@ def test_grpo_sampling_leaves_the_global_rng_alone(emb):
     assert tasks.sample_seed(5, ["a", "b"]) != tasks.sample_seed(6, ["a", "b"])
 
 
-def test_reasoning_trains_on_a_cosine_schedule():
-    from irlm.methods.reasoning.config import ReasoningConfig
-    from irlm.methods.reasoning.train import train_config
-
-    assert train_config(ReasoningConfig()).schedule == "cosine"  # LREM: lr 1e-5 cosine
-
-
 def test_a_torn_last_line_of_the_reasoning_file_is_redone(lm_dir, toy_beir, tmp_path):
     """A kill mid-write leaves half a row: the resumed data stage drops it and reasons about its query again."""
     from irlm.methods.reasoning.config import ReasoningConfig
@@ -372,3 +408,189 @@ def test_reasoning_infonce_sees_every_processs_documents(tmp_path):
     logits = q @ d.T / 0.1  # (4, 4): every query against every document
     want = [torch.nn.functional.cross_entropy(logits[i : i + 2], torch.arange(i, i + 2)).item() for i in (0, 2)]
     assert json.loads((tmp_path / "two.json").read_text()) == pytest.approx(want, rel=1e-5)
+
+
+# ---- rewards that cannot be gamed: a sample that never closed its thought is not ranked
+
+
+def _mixed_group(emb):
+    """Query-major samples of one query: two closed with </think><emb>, one cut at the budget, one stopped at
+    end-of-text, one that wrote text between </think> and <emb>."""
+    eos, budget = emb.tokenizer.eos_token_id, emb.reasoning_tokens
+    raws = [[101, 102, emb.end, emb.emb], [103, emb.end, emb.emb], [104] * (budget + 2), [105, eos],
+            [106, emb.end, 107, emb.emb]]  # fmt: skip
+    return [(raw[: raw.index(emb.end)] if emb.end in raw else [t for t in raw if t != eos][:budget], raw)
+            for raw in raws]  # fmt: skip
+
+
+@pytest.mark.parametrize("pay", [False, True])
+def test_an_unclosed_sample_is_not_ranked_unless_asked(emb, monkeypatch, pay):
+    samples = _mixed_group(emb)
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **kw: samples * len(queries))
+    seen = []
+    task = tasks.GRPOTask(emb, preset="lrem", group=5, pay_unclosed=pay)
+    real = task.reward_fn
+    task.reward_fn = lambda texts, lengths, ranks, n: seen.append(list(ranks)) or real(texts, lengths, ranks, n)
+    parts = task.step(EXAMPLES, seed=0)
+    ranked = [r is not None for r in seen[0]]
+    assert ranked == ([True] * 10 if pay else [True, True, False, False, False] * 2)
+    assert parts["closed"] == pytest.approx(2 / 5)
+    if not pay:  # unformatted and unranked: the cut sample earns nothing at all, not 1.0 of the 1.7
+        assert task.last_rewards[2] == 0.0 and task.last_rewards[3] == 0.0
+
+
+def test_an_unranked_sample_earns_no_accuracy_or_dcg():
+    assert tasks.lrem_rewards(["<think>a</think><emb>"], [1], [None], 8) == [pytest.approx(0.7)]
+    assert tasks.searchr3_rewards(["<think>a</think><emb>"], [1], [None], 8) == [0.0]
+
+
+def test_is_closed_needs_think_then_emb_within_the_budget():
+    end, e = 99, 100
+    assert tasks.is_closed([7, 8, end, e], end, e, budget=4)
+    assert not tasks.is_closed([7, 8, end, 9, e], end, e, budget=4)  # text between </think> and <emb>
+    assert not tasks.is_closed([7, 8, 2], end, e, budget=4)  # end-of-text
+    assert not tasks.is_closed([7] * 5 + [end, e], end, e, budget=4)  # closed, but past the budget
+    assert tasks.is_closed([7] * 4 + [end, e], end, e, budget=4)
+
+
+# ---- GRPO as DeepSeekMath runs it: sampling-time log-probs, mu updates per sampled batch, KL to a reference
+
+
+def _sgd(model, lr: float) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    model.zero_grad(set_to_none=True)
+
+
+def _toy_task(emb, monkeypatch, rewards, **kw):
+    """A GRPO task on fixed samples (sample k repeats its own token) with rewards chosen by the test; counts
+    how often it sampled and keeps every (log-probs, old log-probs) pair the loss saw."""
+    G = len(rewards)
+    calls, seen = [], []
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **k: calls.append(1) or _fixed_group(emb, len(queries), G))
+    real_loss = tasks.grpo_loss
+    monkeypatch.setattr(tasks, "grpo_loss", lambda lp, old, adv, mask, **k: seen.append((lp.detach(), old, mask)) or
+                        real_loss(lp, old, adv, mask, **k))  # fmt: skip
+    task = tasks.GRPOTask(emb, preset="lrem", group=G, gamma_nce=0.0, **kw)
+    task.reward_fn = lambda texts, lengths, ranks, n: list(rewards)
+    return task, calls, seen
+
+
+def test_two_updates_per_sampled_batch_make_the_clip_act(emb, monkeypatch):
+    """mu = 2: the second step reuses the first's samples and takes the ratio against their sampling-time
+    log-probs, so after a large step the ratio leaves [0.8, 1.2] and the clip acts."""
+    task, calls, seen = _toy_task(emb, monkeypatch, [1.0, 0.0, 0.0, 0.0], ppo_epochs=2)
+    task.on_step(0, 4)
+    first = task.step(EXAMPLES[:1], seed=0)
+    _sgd(emb.model, 5e-2)
+    task.on_step(1, 4)
+    second = task.step(EXAMPLES[1:], seed=1)  # the loop's new examples are not used: the samples are reused
+    assert len(calls) == 1 and first["clip_fraction"] == 0.0
+    assert second["clip_fraction"] > 0.0
+    (lp0, old0, _), (lp1, old1, mask) = seen
+    assert torch.equal(old1, old0) and torch.equal(old0, lp0)  # the old policy is the one that sampled
+    assert not torch.allclose(lp1[mask.bool()], old1[mask.bool()])
+    task.on_step(2, 4)
+    task.step(EXAMPLES[:1], seed=2)
+    assert len(calls) == 2  # a new sampled batch every mu steps
+
+
+def test_one_update_per_sampled_batch_keeps_the_ratio_at_one(emb, monkeypatch):
+    task, calls, seen = _toy_task(emb, monkeypatch, [1.0, 0.0, 0.0, 0.0], ppo_epochs=1)
+    for step in range(2):
+        task.on_step(step, 2)
+        parts = task.step(EXAMPLES[:1], seed=step)
+        _sgd(emb.model, 5e-2)
+        assert parts["clip_fraction"] == 0.0
+    assert len(calls) == 2
+    assert all(torch.equal(lp, old) for lp, old, _ in seen)
+
+
+def test_kl_to_the_reference_is_zero_before_the_first_update_and_pulls_back_after(emb, monkeypatch):
+    """The reference is the starting model: KL 0 at the first update, > 0 once the policy moved, and a step on
+    the KL term alone (equal rewards: no policy gradient) brings the policy back towards it."""
+    rewards = [1.0, 0.0, 0.0, 0.0]
+    task, _, _ = _toy_task(emb, monkeypatch, rewards, ppo_epochs=1, kl_coef=1.0)
+    task.on_step(0, 3)
+    assert task.step(EXAMPLES[:1], seed=0)["kl"] == pytest.approx(0.0, abs=1e-9)
+    _sgd(emb.model, 5e-2)
+    rewards[:] = [0.5] * 4
+    task.on_step(1, 3)
+    moved = task.step(EXAMPLES[:1], seed=1)["kl"]
+    assert moved > 1e-4
+    _sgd(emb.model, 1e-2)
+    task.on_step(2, 3)
+    assert task.step(EXAMPLES[:1], seed=2)["kl"] < moved
+
+
+def test_the_reference_is_frozen_and_only_kept_with_a_kl_term(emb):
+    assert tasks.GRPOTask(emb, group=2).reference is None
+    ref = tasks.GRPOTask(emb, group=2, kl_coef=0.04).reference
+    assert ref is not emb.model and not any(p.requires_grad for p in ref.parameters())
+
+
+# ---- a cold start that can learn the format
+
+
+def test_new_markers_start_as_the_mean_of_their_spelled_out_tokens(lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    original = AutoModelForCausalLM.from_pretrained(lm_dir)
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    emb = ReasoningEmbedder.from_pretrained(str(lm_dir), device="cpu")
+    tables = [(original.get_input_embeddings().weight, emb.model.get_input_embeddings().weight),
+              (original.get_output_embeddings().weight, emb.model.get_output_embeddings().weight)]  # untied
+    for text, new in (("<think>", emb.think), ("</think>", emb.end), ("<emb>", emb.emb)):
+        spelled = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(spelled) > 1
+        for before, after in tables:
+            assert torch.allclose(after[new], before[spelled].mean(0), atol=1e-6), text
+    n = original.get_input_embeddings().weight.shape[0]
+    assert torch.equal(emb.model.get_input_embeddings().weight[:n], original.get_input_embeddings().weight)
+
+
+def test_the_cold_start_logs_the_closed_share_of_its_probe(emb, monkeypatch):
+    probe = ["tea", "quantum bits", "capital of france"]
+    task = tasks.ColdStartTask(emb, probe=probe, probe_every=2, lambda_sft_early=5.0, early_steps=1)
+    closes = [[101, emb.end, emb.emb], [101, 102], [emb.end, emb.emb]]
+    monkeypatch.setattr(emb, "sample", lambda queries, n, **kw: [([], r) for r in closes[: len(queries)]])
+    assert tasks.closed_share(emb, probe) == pytest.approx(2 / 3)
+    task.on_step(0, 4)
+    parts = task.step(EXAMPLES)
+    assert parts["closed"] == pytest.approx(2 / 3) and parts["lambda_sft"] == 5.0
+    task.on_step(1, 4)
+    parts = task.step(EXAMPLES)
+    assert "closed" not in parts and parts["lambda_sft"] == 0.1
+
+
+def test_reasoning_lr_follows_a_cosine_after_warm_up(tmp_path):
+    """The learning rate the trainer uses at each step: warm-up, then half a cosine to 0 (LREM), not a line."""
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train_config
+    from irlm.train.loop import Trainer
+
+    class Toy:
+        def __init__(self):
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def parameters(self):
+            return [self.w]
+
+        def named_parameters(self):
+            return [("w", self.w)]
+
+        def step(self, examples, scale=1.0, seed=0):
+            (self.w.sum() * scale).backward()
+            return {"loss": 0.0}
+
+        def save(self, folder):
+            pass
+
+    cfg = ReasoningConfig(steps=40, batch_size=1, lr=1.0, save_every=0, output_dir=str(tmp_path))
+    history = Trainer(Toy(), [0], train_config(cfg)).fit()
+    warm = 1  # 3 % of 40 steps, at least one
+    want = [0.5 * (1 + math.cos(math.pi * (s - warm) / (40 - warm))) if s >= warm else (s + 1) / warm
+            for s in range(40)]  # fmt: skip
+    assert [row["lr"] for row in history] == pytest.approx(want, abs=1e-9)

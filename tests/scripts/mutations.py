@@ -36,10 +36,10 @@ class Mutation:
 REASONING = "tests/integration/test_reasoning.py"
 MUTATIONS = [
     Mutation("GRPO advantage sign flipped", "irlm/methods/reasoning/tasks.py",
-             "return reward, group_advantages(", "return reward, -group_advantages(",
+             "ro.adv = group_advantages(", "ro.adv = -group_advantages(",
              [f"{REASONING}::test_one_grpo_step_raises_the_better_samples_probability"]),
     Mutation("GRPO rewards grouped across queries", "irlm/methods/reasoning/tasks.py",
-             "reward.view(len(examples), self.group)", "reward.view(self.group, len(examples))",
+             "reward.view(len(ro.examples), self.group)", "reward.view(self.group, len(ro.examples))",
              [f"{REASONING}::test_rewards_are_normalised_within_each_querys_group"]),
     Mutation("resume leaves the global RNG alone", "irlm/train/loop.py",
              "        _set_rng_state(json.loads((folder / \"rng.json\").read_text()))\n", "",
@@ -56,7 +56,7 @@ MUTATIONS = [
              [f"{REASONING}::test_a_thought_stopped_at_end_of_text_earns_no_length_reward"]),
     Mutation("reasoning schedule back to linear", "irlm/methods/reasoning/config.py",
              'schedule: str = "cosine"', 'schedule: str = "linear"',
-             [f"{REASONING}::test_reasoning_trains_on_a_cosine_schedule"]),
+             [f"{REASONING}::test_reasoning_lr_follows_a_cosine_after_warm_up"]),
     Mutation("cosine schedule decays linearly", "irlm/train/loop.py",
              "SCHEDULES = {\"linear\": linear_warmup, \"cosine\": cosine_warmup}",
              "SCHEDULES = {\"linear\": linear_warmup, \"cosine\": linear_warmup}",
@@ -147,6 +147,36 @@ CORE = [
 ]  # the core battery ends here
 MUTATIONS += CORE
 
+# rewards that cannot be gamed and GRPO as DeepSeekMath runs it (issue 32), each against every reasoning test file
+REASONING_FILES = ["tests/unit/test_rl_env.py", "tests/unit/test_grpo.py", "tests/unit/test_reasoning_rewards.py",
+                   "tests/unit/test_reasoning_prf.py", REASONING]
+MUTATIONS += [
+    Mutation("GRPO ratio from the current log-probs", "irlm/methods/reasoning/tasks.py",
+             "        return ro.old[part, :width]\n", "        return logp.detach()\n", REASONING_FILES),
+    Mutation("GRPO KL sign flipped", "irlm/losses/grpo.py",
+             "return policy + kl_coef * kl, parts", "return policy - kl_coef * kl, parts", REASONING_FILES),
+    Mutation("rank ties counted for the positive", "irlm/methods/reasoning/rewards.py",
+             "return (scores >= own[:, None]).sum(axis=1).tolist()",
+             "return (1 + (scores > own[:, None]).sum(axis=1)).tolist()", REASONING_FILES),
+    Mutation("unclosed samples paid the rank term", "irlm/methods/reasoning/tasks.py",
+             "r if ok or self.pay_unclosed else None", "r", REASONING_FILES),
+]  # fmt: skip
+
+
+# Self-Retrieval as the paper scores it (issue 31), each against every Self-Retrieval test file
+SELFRETRIEVAL_FILES = ["tests/integration/test_selfretrieval.py", "tests/integration/test_selfretrieval_scoring.py"]
+MUTATIONS += [
+    Mutation("Self-Retrieval verdict inverted", "irlm/methods/selfretrieval/decode.py",
+             "return torch.softmax(last, dim=-1)[:, 1].tolist()", "return torch.softmax(last, dim=-1)[:, 0].tolist()",
+             SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval tau and delta swapped by the retriever", "irlm/methods/selfretrieval/retriever.py",
+             "self.cfg.tau, self.cfg.delta", "self.cfg.delta, self.cfg.tau", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval joint probability in place of the title's", "irlm/methods/selfretrieval/decode.py",
+             "[c.title_logprob for c in cands] if scoring", "[c.logprob for c in cands] if scoring",
+             SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval title factor dropped", "irlm/methods/selfretrieval/decode.py",
+             "scores = torch.softmax(probs / tau, dim=0)", "scores = torch.ones_like(probs)", SELFRETRIEVAL_FILES),
+]  # fmt: skip
 
 def scratch_copy() -> Path:
     """irlm/, tests/ and pyproject.toml in a temporary folder (a few hundred KB)."""

@@ -63,7 +63,15 @@ def test_ranks_of_positives():
     vecs = np.eye(4, dtype=np.float32)
     env = SelectiveIndex(["a", "b", "c", "d"], lambda ids: vecs[["abcd".index(i) for i in ids]], top_k=1)
     q = np.array([[1.0, 0.5, 0.2, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=np.float32)
-    assert env.ranks(q, ["a", "b"]) == [1, 2]
-    assert env.ranks(q, ["c", "a"]) == [3, 2]  # ties (0 = 0 for a, b, c) count against the positive
+    assert env.ranks(q, ["a", "d"]) == [1, 1]
+    assert env.ranks(q, ["b", "c"]) == [2, 4]  # ties (0 = 0 for a, b, c) count against the positive
+    assert env.ranks(q, ["c", "a"]) == [3, 4]
     with pytest.raises(Exception, match="unknown id"):
         env.ranks(q[:1], ["zz"])
+
+
+def test_equal_scores_rank_the_positive_last():
+    """Collapsed embeddings (every score equal) must earn the worst rank, not the best: ties go against it."""
+    env = SelectiveIndex(IDS, lambda ids: np.ones((len(ids), 4), dtype=np.float32), top_k=1)
+    q = np.ones((3, 4), dtype=np.float32)
+    assert env.ranks(q, ["d0", "d5", "d9"]) == [10, 10, 10]

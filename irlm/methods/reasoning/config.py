@@ -31,11 +31,22 @@ class ReasoningConfig:
     # cold start (LREM: lambda1 0.1, lambda2 1, lr 1e-5 cosine, warm-up 3 %, batch 128, 1 epoch)
     lambda_sft: float = 0.1
     lambda_nce: float = 1.0
+    # a heavier SFT weight for the first sft_early_steps steps, so the format (closing with </think><emb>)
+    # is learnt before InfoNCE leads (not in LREM; 0 steps = LREM's constant lambda_sft)
+    lambda_sft_early: float = 1.0
+    sft_early_steps: int = 0
     # GRPO (LREM: G 8, 1.0 GRPO + 0.1 InfoNCE, lr 1e-6, batch 256)
     group: int = 8
     gamma_grpo: float = 1.0
     gamma_nce: float = 0.1
-    clip: float = 0.2
+    clip: float = 0.2  # DeepSeekMath epsilon
+    # updates per sampled batch (DeepSeekMath's mu): the first takes the ratio at 1, the later ones against the
+    # sampling-time log-probs, so the clip acts only with mu > 1 (each sampled batch then serves mu steps)
+    ppo_epochs: int = 2
+    kl_coef: float = 0.04  # DeepSeekMath beta: k3 KL to the frozen starting model (0 = no reference kept)
+    # rank reward: a sample that never closed its thought with </think><emb> is not ranked (no accuracy or
+    # DCG term); true pays it the rank of the embedding at the </think><emb> appended for it
+    pay_unclosed: bool = False
     sample_temperature: float = 1.0
     temperature: float = 0.05  # InfoNCE
     # samples per forward/backward in a GRPO step (0 = all B*G at once). Smaller holds fewer activations,
@@ -44,6 +55,10 @@ class ReasoningConfig:
     # what a GRPO sample is ranked against: batch (LREM: the batch's documents) or corpus (Search-R3's
     # environment: the whole corpus, kept current by selective re-embedding, irlm/methods/reasoning/env.py)
     rank_against: str = "batch"
+    # batch: N of LREM's rank accuracy, the batch's documents plus corpus documents judged relevant to no train
+    # query, drawn at random (LREM ranks among a batch of 256; 16 in-batch documents leave the reward near its
+    # ceiling). Kept current as the env keeps the corpus (env_top_k, env_slice). 0 = the batch's documents alone
+    rank_docs: int = 256
     env_docs: int = 0  # corpus: the first N documents plus every train positive (0 = the whole corpus)
     env_top_k: int = 10  # corpus: each step re-encodes the samples' top-k neighbours ...
     env_slice: int = 64  # ... and this many more documents of a rolling schedule
@@ -54,6 +69,10 @@ class ReasoningConfig:
     precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     save_every: int = 25
     seed: int = 42
+    # hold out this many train queries (a fixed draw, the same for every seed) as DATA-dev: never trained on,
+    # their greedy thoughts' closed share is logged every probe_every cold-start steps and reported at the end
+    dev_queries: int = 0
+    probe_every: int = 10
     # self (the model thinks, greedy) | none (direct embedding) | source (an ablation's own filler: an
     # empty think, the query, or random train keywords, as in its training)
     eval_reasoning: str = "self"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from irlm.index.dense import DenseIndex
+from irlm.methods.reasoning.rewards import positive_ranks
 
 
 class SelectiveIndex:
@@ -53,6 +54,8 @@ class SelectiveIndex:
 
     def ranks(self, query_vectors: np.ndarray, positive_ids: list[str]) -> list[int]:
         """1-based rank of each query's positive among all documents (ties count against it)."""
-        scores = np.asarray(query_vectors, dtype=np.float32) @ self.index.vectors.T  # (Q, N)
-        own = scores[np.arange(len(positive_ids)), self.index.rows(positive_ids)]
-        return (1 + (scores > own[:, None]).sum(axis=1)).tolist()
+        return positive_ranks(self.scores(query_vectors), self.index.rows(positive_ids))
+
+    def scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Cosine of each query against every indexed document, (Q, N)."""
+        return np.asarray(query_vectors, dtype=np.float32) @ self.index.vectors.T

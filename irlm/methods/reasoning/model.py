@@ -27,10 +27,12 @@ class ReasoningEmbedder:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.reasoning_tokens = max_length, reasoning_tokens
         missing = [t for t in (THINK_OPEN, THINK_CLOSE, EMB) if t not in tokenizer.get_vocab()]
-        self.grown = bool(missing)  # new marker rows are random: reloading the source would not match
+        self.grown = bool(missing)  # the weights gain marker rows: reloading the source would not match
         if missing:
+            spelled = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in missing}  # before they exist
             tokenizer.add_special_tokens({"additional_special_tokens": missing})
             model.resize_token_embeddings(len(tokenizer))
+            init_markers(model, {tokenizer.convert_tokens_to_ids(t): ids for t, ids in spelled.items()})
         self.think, self.end, self.emb = (tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE, EMB))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.source: str | None = None  # the folder the weights were loaded from, while they still match it
@@ -83,21 +85,23 @@ class ReasoningEmbedder:
     def doc_ids(self, text: str) -> list[int]:
         return self.ids(text)[: self.max_length - 1] + [self.emb]
 
-    def forward(self, rows: list[list[int]], hidden: bool = False):
+    def forward(self, rows: list[list[int]], hidden: bool = False, model=None):
         """Right-padded batch -> (embeddings (B, C) fp32 normalised, last hidden states (B, T, C) or None,
         ids, mask). The LM head does not run here: a caller that scores tokens asks `span_logprobs` for
-        the few positions it needs instead of holding (B, T, vocab) logits."""
+        the few positions it needs instead of holding (B, T, vocab) logits. `model`: another causal LM with
+        the same vocabulary to run instead (GRPO's frozen reference)."""
         ids, mask = self._padded(rows)
-        last = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = (model or self.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         at = torch.tensor([len(r) - 1 for r in rows], device=self.device)  # every row ends with <emb>
         emb = F.normalize(last[torch.arange(len(rows), device=self.device), at].float(), dim=-1)
         return emb, (last if hidden else None), ids, mask
 
     def span_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]],
-                      temperature: float = 1.0):  # fmt: skip
+                      temperature: float = 1.0, model=None):  # fmt: skip
         """Per row, log p(ids[r, t] | ids[r, :t]) for t in [s, e) (fp32; empty where s < 1 or e <= s),
-        with the LM head run only at the positions s-1 .. e-2 that predict them; logits / temperature."""
-        head = self.model.get_output_embeddings()
+        with the LM head (of `model`, default the embedder's) run only at the positions s-1 .. e-2 that
+        predict them; logits / temperature."""
+        head = (model or self.model).get_output_embeddings()
         out = []
         for r, (s, e) in enumerate(spans):
             if s < 1 or e <= s:
@@ -150,6 +154,20 @@ class ReasoningEmbedder:
         rows = [self.query_ids(q, r)[0] for q, r in zip(queries, reasonings)]
         return np.concatenate([self.forward(rows[i : i + batch_size])[0].cpu().numpy()
                                for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+
+@torch.no_grad()
+def init_markers(model, spelled: dict[int, list[int]]) -> None:
+    """Each new marker's input (and, when untied, output) row becomes the mean of the rows of the tokens its
+    text was spelled with before it existed ("</think>" -> "</", "think", ">"): the model starts out reading
+    and predicting it like the text it stands for, not like random noise it has to learn from scratch."""
+    tables = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(out.weight)
+    for new, ids in spelled.items():
+        for table in tables:
+            table[new] = table[ids].mean(dim=0)
 
 
 def _progress(items, desc: str, work: int):

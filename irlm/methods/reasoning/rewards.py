@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 THINK_OPEN, THINK_CLOSE, EMB = "<think>", "</think>", "<emb>"
 
 # Whitespace around the special tokens is allowed because tokenizers may decode them with spaces
@@ -74,6 +76,22 @@ def rank_accuracy(rank: int, n: int) -> float:
     if n < 2:
         raise ValueError(f"rank accuracy needs N >= 2 documents (log(1) = 0), got {n}")
     return 1.0 - math.log(min(rank, n)) / math.log(n)
+
+
+def positive_ranks(scores, positives: Sequence[int]) -> list[int]:
+    """1-based rank of each row's positive column among all N columns of `scores` (Q, N).
+
+    Ties count against the positive: every document scoring at least as high as it is ahead of it, so a
+    row whose scores are all equal ranks its positive N-th. A policy that collapses every embedding onto one
+    point then earns rank accuracy 0, not 1 (the reward-hacking path of counting ties for it).
+
+    Example:
+        >>> positive_ranks([[0.9, 0.1, 0.5], [0.2, 0.2, 0.2]], [0, 1])
+        [1, 3]
+    """
+    scores = np.asarray(scores)
+    own = scores[np.arange(len(scores)), np.asarray(positives, dtype=np.int64)]  # (Q,)
+    return (scores >= own[:, None]).sum(axis=1).tolist()
 
 
 def _dcg(ranks: Sequence[float], gains: Sequence[float], k: int | None) -> float:

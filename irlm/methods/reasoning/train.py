@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from irlm.data import load_dataset
+from irlm.data.training import held_out_qids
 from irlm.errors import InputError
 from irlm.methods.reasoning.config import ReasoningConfig
 from irlm.methods.reasoning.keywords import condense, render
@@ -23,7 +24,7 @@ from irlm.methods.reasoning.model import ReasoningEmbedder
 from irlm.methods.reasoning.prf import PRF_VERSION, PRFTeacher, is_prf
 from irlm.methods.reasoning.retriever import ReasoningRetriever
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
-from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask
+from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask, is_closed
 from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
 from irlm.utils import atomic_path, claim_folder, write_json
 
@@ -178,14 +179,20 @@ def train(cfg: ReasoningConfig) -> dict:
     seed_everything(cfg.seed)
     emb = ReasoningEmbedder.from_pretrained(cfg.model, cfg.device, max_length=cfg.max_length,
                                             reasoning_tokens=cfg.reasoning_tokens)  # fmt: skip
+    dev = dev_queries(cfg)
     if cfg.stage == "coldstart":
         examples = replace_reasoning(read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split),
                                      cfg.reasoning, cfg.seed)  # fmt: skip
-        task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature)
+        examples = [ex for ex in examples if ex["query_id"] not in dev]
+        task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature, probe=list(dev.values()),
+                             probe_every=cfg.probe_every, lambda_sft_early=cfg.lambda_sft_early,
+                             early_steps=cfg.sft_early_steps)  # fmt: skip
     else:
-        examples = pairs(cfg.data, cfg.train_split)
+        examples = [ex for ex in pairs(cfg.data, cfg.train_split) if ex["query_id"] not in dev]
         task = GRPOTask(emb, cfg.preset, cfg.group, cfg.gamma_grpo, cfg.gamma_nce, cfg.clip, cfg.temperature,
-                        cfg.sample_temperature, env=environment(emb, cfg, examples), chunk=cfg.grpo_chunk)  # fmt: skip
+                        cfg.sample_temperature, env=environment(emb, cfg, examples), chunk=cfg.grpo_chunk,
+                        ppo_epochs=cfg.ppo_epochs, kl_coef=cfg.kl_coef, negatives=negative_pool(emb, cfg),
+                        pay_unclosed=cfg.pay_unclosed)  # fmt: skip
     history = Trainer(task, examples, train_config(cfg)).fit() if cfg.steps else []
     if world()[0] != 0:
         return {}
@@ -197,11 +204,14 @@ def train(cfg: ReasoningConfig) -> dict:
     fill = ablation_filler(cfg.reasoning, examples, cfg.seed) if thinking == "source" else None
     with autocast(emb.device.type, cfg.precision):
         metrics = evaluate_reasoner(emb, cfg.eval_data, thinking, fill=fill)
+        if dev and thinking == "self":  # the format on queries never trained on; no corpus index needed
+            metrics[f"{cfg.data}-dev"] = thought_metrics(emb, emb.sample(list(dev.values()), 1, do_sample=False))
     results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
                "metrics": metrics}
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "reasoning", "stage": cfg.stage, "output_dir": cfg.output_dir,
-                      **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
+                      **{f"{d}_{k}": m[k] for d, m in results["metrics"].items() for k in ("ndcg@10", "closed")
+                         if k in m}}))  # fmt: skip
     return results
 
 
@@ -223,14 +233,43 @@ def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dic
     ids = list(texts)[: cfg.env_docs or None]
     kept = set(ids)
     ids += [p for p in dict.fromkeys(ex["positive_id"] for ex in examples) if p not in kept]
+    return SelectiveIndex(ids, _encoder(emb, cfg, texts), cfg.env_top_k, cfg.env_slice)
 
+
+def negative_pool(emb: ReasoningEmbedder, cfg: ReasoningConfig):
+    """rank_against batch: the corpus documents each sample is also ranked against, so that N = the batch's
+    documents plus these = rank_docs. Drawn at random (as LREM's in-batch documents are) from the documents
+    judged relevant to no train query, so no negative is a positive in disguise; None when rank_docs <= batch."""
+    from irlm.methods.reasoning.env import SelectiveIndex
+
+    size = cfg.rank_docs - cfg.batch_size // world()[1]
+    if cfg.rank_against != "batch" or not cfg.rank_docs or size <= 0:
+        return None
+    ds = load_dataset(cfg.data)
+    judged = {d for rels in ds.qrels[cfg.train_split].values() for d in rels}
+    texts = {d.id: d.full_text() for d in ds.corpus.docs if d.id not in judged}
+    if len(texts) < size:
+        raise InputError(f"rank_docs {cfg.rank_docs} needs {size} unjudged documents beside the batch; "
+                         f"{cfg.data} has {len(texts)}", field="rank_docs")  # fmt: skip
+    ids = random.Random(cfg.seed).sample(sorted(texts), size)
+    return SelectiveIndex(ids, _encoder(emb, cfg, texts), cfg.env_top_k, cfg.env_slice)
+
+
+def _encoder(emb: ReasoningEmbedder, cfg: ReasoningConfig, texts: dict[str, str]):
     def encode(batch: list[str]):
         # the same precision as training: the index is built before the trainer's autocast and refreshed
         # inside it, and a mix of fp32 and bf16 rows would drift apart for reasons other than the policy
         with autocast(emb.device.type, cfg.precision):
             return emb.encode_docs([texts[i] for i in batch])
 
-    return SelectiveIndex(ids, encode, cfg.env_top_k, cfg.env_slice)
+    return encode
+
+
+def dev_queries(cfg: ReasoningConfig) -> dict[str, str]:
+    """The held-out train queries {id: text}, the core's draw (the same for every seed and method)."""
+    held = held_out_qids(cfg.data, cfg.train_split, cfg.dev_queries)
+    queries = load_dataset(cfg.data).split_queries(cfg.train_split) if held else {}
+    return {q: queries[q] for q in sorted(held) if q in queries}
 
 
 def ablation_filler(source: str, examples: list[dict], seed: int = 0):
@@ -265,7 +304,14 @@ def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str =
         system = ReasoningRetriever.build(ds.corpus, emb, reasoning, fill)
         samples = system.think(queries)
         out[name] = evaluate(system.search(queries, k, samples), ds.qrels[split])
-        if samples:  # share of greedy thoughts the model closed itself with </think><emb>
-            decoded = [THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
-            out[name]["think_format"] = sum(map(format_reward, decoded)) / len(decoded)
+        if samples:
+            out[name].update(thought_metrics(emb, samples))
     return out
+
+
+def thought_metrics(emb: ReasoningEmbedder, samples: list) -> dict[str, float]:
+    """Of greedy (thought, raw) samples: `closed`, the share the model closed itself with </think><emb> within
+    its budget, and `think_format`, the share that also passes LREM's format check (a non-empty thought)."""
+    decoded = [THINK_OPEN + emb.tokenizer.decode(raw) for _, raw in samples]
+    closed = [is_closed(raw, emb.end, emb.emb, emb.reasoning_tokens) for _, raw in samples]
+    return {"closed": sum(closed) / len(samples), "think_format": sum(map(format_reward, decoded)) / len(samples)}
