@@ -216,7 +216,7 @@ def doc_count(retriever) -> int:
         return max(doc_count(p) for p in retriever.parts)
     if hasattr(retriever, "index"):
         return len(retriever.index)
-    return sum(len(docs) for docs in getattr(retriever, "under", {}).values())  # self-retrieval's trie leaves
+    return len(retriever)  # Self-Retrieval and any retriever without an index: the Retriever protocol's size
 
 
 def ranked(scores: dict[str, float], k: int) -> list[dict]:

@@ -195,3 +195,23 @@ def test_tau_scales_retrieval_and_delta_the_assessment():
     b = torch.softmax(torch.tensor([0.2, 0.8, 0.5], dtype=torch.float64) / 0.9, 0)
     assert got == pytest.approx((a * b).tolist(), abs=1e-9)
     assert decode.combine(logp, reject, 0.1, 0.9) == got  # positional order is (tau, delta)
+
+
+def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, beir, tmp_path):
+    from irlm.data import load_dataset
+    from irlm.methods.selfretrieval.train import build_examples, dev_qids, train
+
+    cfg = SelfRetrievalConfig(model=str(lm_dir), data=str(beir), output_dir=str(tmp_path / "d"), steps=0,
+                              dev_queries=1, title_beams=2, passage_beams=2, device="cpu")  # fmt: skip
+    ds = load_dataset(str(beir))
+    held = dev_qids(cfg, ds)
+    assert len(held) == 1 and held <= {"q0", "q1"} and held == dev_qids(cfg, ds)  # one fixed draw
+    from transformers import AutoTokenizer
+
+    fmt = Format(AutoTokenizer.from_pretrained(lm_dir))
+    examples, counts = build_examples(cfg, ds, fmt, held)
+    dev_text = QUERIES[int(next(iter(held))[1])]["text"]
+    assert counts["retrieval"] == 1 and not any(dev_text in fmt.tokenizer.decode(p) for p, _ in examples)
+    res = train(cfg)
+    assert set(res["dev"]) == {"paper", "joint"} and res["dev_queries"] == 1
+    assert set(res["dev"]["paper"]) == {"hits@1", "hits@5", "mrr@5"}

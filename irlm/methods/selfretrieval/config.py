@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from irlm.errors import InputError
+
+SCORINGS = ("paper", "joint")
+
 
 @dataclass
 class SelfRetrievalConfig:
@@ -27,7 +31,11 @@ class SelfRetrievalConfig:
     precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     save_every: int = 100
     seed: int = 42
+    dev_queries: int = 0  # > 0: hold out this many train questions (a fixed draw) as dev; every scoring is scored there
     # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
+    # paper: S = softmax(P(t|q) / tau) * softmax((1 - P(reject)) / delta), so the passages under one title are
+    # ordered by the verdict, P(p|q,t) breaking ties; joint: P(t, p|q) as the first factor (irlm before issue 31)
+    scoring: str = "paper"
     title_beams: int = 5
     passage_beams: int = 10
     tau: float = 0.4
@@ -37,3 +45,7 @@ class SelfRetrievalConfig:
     eval_limit: int = 0  # > 0: the first N eval questions (CPU budgets)
     batch_queries: int = 8
     device: str | None = None
+
+    def __post_init__(self):
+        if self.scoring not in SCORINGS:
+            raise InputError(f"scoring: unknown value '{self.scoring}'; choose {' or '.join(SCORINGS)}")

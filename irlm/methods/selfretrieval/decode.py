@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -110,22 +111,49 @@ def reject_probs(model, prompts: list[list[int]], yes_id: int, no_id: int, pad_i
     return torch.softmax(last, dim=-1)[:, 1].tolist()
 
 
-def combine(retrieval_logprobs: list[float], reject: list[float] | None, tau: float, delta: float) -> list[float]:
-    """S_i = softmax_i(P(t_i, p_i | q) / tau) * softmax_i((1 - P(reject_i)) / delta) (paper, tau = delta = 0.4).
+def combine(first_logprobs: list[float], reject: list[float] | None, tau: float, delta: float) -> list[float]:
+    """S_i = softmax_i(P_i / tau) * softmax_i((1 - P(reject_i)) / delta) (paper, tau = delta = 0.4).
 
-    `retrieval_logprobs` are log P(t_i, p_i | q), title and passage together (copied tokens excluded): the
-    paper writes the first factor as P(t_i | q), but a candidate is a (title, passage) pair, and the passages
-    under one title would tie on P(t_i | q) alone. tau divides the retrieval probabilities, delta the
-    acceptance probabilities.
+    P_i = exp(first_logprobs[i]): the title probability P(t_i | q) under the paper's scoring (the passages
+    under one title share it, so the verdict orders them), P(t_i, p_i | q) under the joint one. The paper
+    takes softmax over probabilities, not log-probabilities. Without verdicts, the first factor alone.
 
     Example:
         >>> [round(s, 3) for s in combine([math.log(0.6), math.log(0.3)], [0.9, 0.1], tau=0.4, delta=0.4)]
         [0.081, 0.283]
     """
-    if not retrieval_logprobs:
+    if not first_logprobs:
         return []
-    probs = torch.tensor(retrieval_logprobs, dtype=torch.float64).exp()
+    probs = torch.tensor(first_logprobs, dtype=torch.float64).exp()
     scores = torch.softmax(probs / tau, dim=0)
     if reject is not None:
         scores = scores * torch.softmax((1 - torch.tensor(reject, dtype=torch.float64)) / delta, dim=0)
     return scores.tolist()
+
+
+@dataclass
+class Candidate:
+    doc_id: str
+    entry: list[int]  # the generated tokens: title, separator, passage (or the passage alone)
+    title_logprob: float  # log P(t | q); without titles, log P(p | q)
+    passage_logprob: float = 0.0  # log P(p | q, t), copied tokens excluded; 0 without titles
+    reject: float | None = None
+    score: float = 0.0
+
+    @property
+    def logprob(self) -> float:
+        """log P(t, p | q)."""
+        return self.title_logprob + self.passage_logprob
+
+
+def rank(cands: list[Candidate], scoring: str, tau: float = 0.4, delta: float = 0.4) -> list[Candidate]:
+    """Sets each candidate's score S (see `combine`) and sorts by it, P(p | q, t) breaking ties.
+
+    scoring "paper": the first factor is P(t | q); "joint": P(t, p | q). Verdicts are used where every
+    candidate has one.
+    """
+    first = [c.title_logprob for c in cands] if scoring == "paper" else [c.logprob for c in cands]
+    rejects = [c.reject for c in cands] if cands and all(c.reject is not None for c in cands) else None
+    for c, s in zip(cands, combine(first, rejects, tau, delta)):
+        c.score = s
+    return sorted(cands, key=lambda c: (-c.score, -c.passage_logprob))

@@ -7,7 +7,8 @@ shared ones.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,18 +19,11 @@ from irlm.index.trie import TokenTrie
 from irlm.methods.selfretrieval import decode
 from irlm.methods.selfretrieval.config import SelfRetrievalConfig
 from irlm.methods.selfretrieval.data import QUERY_PROMPT, Format
+from irlm.methods.selfretrieval.decode import Candidate
 from irlm.types import Corpus, Queries, Run
 
 CONFIG_FILE = "selfretrieval.json"
-
-
-@dataclass
-class Candidate:
-    doc_id: str
-    entry: list[int]  # the generated tokens: title, separator, passage (or the passage alone)
-    logprob: float  # log P(t | q) + log P(p | q, t), copied tokens excluded
-    reject: float | None = None
-    score: float = 0.0
+log = logging.getLogger(__name__)
 
 
 class SelfRetriever:
@@ -40,10 +34,11 @@ class SelfRetriever:
         self.fmt = Format(tokenizer, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos
         self._index(corpus)
+        self._warned = False  # the depth warning, once per retriever (a server searches many times)
 
     def _index(self, corpus: Corpus) -> None:
         """Title trie (titles + separator) and, under each title, its passages; or one passage trie."""
-        fmt = self.fmt
+        fmt, self.size = self.fmt, len(corpus)
         self.under: dict[tuple, list[tuple[str, list[int]]]] = {}
         for doc in corpus.docs:
             key = tuple(fmt.title(doc.title) + [fmt.sep]) if fmt.titles else ()
@@ -72,8 +67,21 @@ class SelfRetriever:
         (Path(folder) / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
         write_manifest(Path(folder), self.kind, data=self.cfg.data)  # opens with the corpus it memorised
 
+    @property
+    def depth(self) -> int:
+        """The most candidates one query can yield: the paper's beams (5 x 10), not the corpus."""
+        return self.cfg.title_beams * self.cfg.passage_beams if self.fmt.titles else self.cfg.passage_beams
+
+    def __len__(self) -> int:
+        """Passages searched (the corpus it was built on)."""
+        return self.size
+
     def candidates(self, query: str, beams: int | None = None) -> list[Candidate]:
-        """Titles by constrained beam search, then passages under each title, then self-assessment."""
+        """Titles by constrained beam search, then passages under each title, then self-assessment; ranked."""
+        return decode.rank(self.generate(query, beams), self.cfg.scoring, self.cfg.tau, self.cfg.delta)
+
+    def generate(self, query: str, beams: int | None = None) -> list[Candidate]:
+        """The candidates with their log-probabilities and verdicts, not yet scored."""
         beams = beams or (self.cfg.title_beams if self.fmt.titles else self.cfg.passage_beams)
         prompt = self.fmt.prompt(QUERY_PROMPT, query)
         found = decode.constrained_beams(self.model, [prompt], self.trie, self.stop, beams,
@@ -84,10 +92,7 @@ class SelfRetriever:
             prompts = [self.fmt.assessment_prompt(query, c.entry) for c in cands]
             for c, r in zip(cands, decode.reject_probs(self.model, prompts, self.fmt.yes, self.fmt.no, self.pad)):
                 c.reject = r
-        rejects = [c.reject for c in cands] if self.cfg.assessment else None
-        for c, s in zip(cands, decode.combine([c.logprob for c in cands], rejects, self.cfg.tau, self.cfg.delta)):
-            c.score = s
-        return sorted(cands, key=lambda c: -c.score)
+        return cands
 
     def _whole(self, found) -> list[Candidate]:
         out = []
@@ -107,10 +112,15 @@ class SelfRetriever:
             conts = [p[:n] for (_, p), n in zip(docs, lengths)]
             scores = decode.sequence_logprobs(self.model, [prompt + title] * len(docs), conts, self.pad)
             ranked = sorted(zip(docs, scores), key=lambda x: -x[1])[: self.cfg.passage_beams]
-            out += [Candidate(d, title + p, title_logprob + s) for (d, p), s in ranked]
+            out += [Candidate(d, title + p, title_logprob, s) for (d, p), s in ranked]
         return out
 
     def search(self, queries: Queries, k: int = 100) -> Run:
+        """The best k candidates per query; there are at most `depth`, so a larger k returns fewer (warned once)."""
+        if k > self.depth and not self._warned:
+            self._warned = True
+            log.warning("Self-Retrieval ranks only the passages its beams generate: at most %d per query "
+                        "(title_beams x passage_beams), not k=%d", self.depth, k)  # fmt: skip
         run: Run = {}
         for qid, text in tqdm(queries.items(), desc="self-retrieval", disable=len(queries) < 8):
             run[qid] = {c.doc_id: c.score for c in self.candidates(text)[:k]}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from dataclasses import asdict
@@ -19,18 +20,31 @@ from irlm.data.registry import resolve_dataset
 from irlm.eval import evaluate
 from irlm.eval.runs import write_trec
 from irlm.methods.selfretrieval import data
-from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+from irlm.methods.selfretrieval.config import SCORINGS, SelfRetrievalConfig
+from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
-from irlm.utils import claim_folder, pick_device, write_json
+from irlm.utils import pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
 
 
-def build_examples(cfg: SelfRetrievalConfig, ds, fmt: data.Format) -> tuple[list, dict[str, int]]:
-    """The training mix: indexing over the whole corpus, retrieval and assessment on train questions."""
-    queries, qrels = ds.split_queries(cfg.train_split), ds.qrels[cfg.train_split]
+def dev_qids(cfg: SelfRetrievalConfig, ds) -> set[str]:
+    """The held-out train questions: a draw with its own fixed seed (as DRAMA's), the same for every seed."""
+    if not cfg.dev_queries:
+        return set()
+    qids = sorted(ds.qrels[cfg.train_split])
+    random.Random(0).shuffle(qids)
+    return set(qids[: cfg.dev_queries])
+
+
+def build_examples(cfg: SelfRetrievalConfig, ds, fmt: data.Format,
+                   held_out: set[str] = frozenset()) -> tuple[list, dict[str, int]]:  # fmt: skip
+    """The training mix: indexing over the whole corpus, retrieval and assessment on the train questions
+    that are not held out for dev."""
+    qrels = {q: r for q, r in ds.qrels[cfg.train_split].items() if q not in held_out}
+    queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in qrels}
     parts = {"retrieval": data.retrieval_examples(queries, qrels, ds.corpus, fmt)}
     if cfg.indexing:
         parts["indexing"] = data.indexing_examples(ds.corpus, fmt, cfg.index_sentences, cfg.seed)
@@ -56,13 +70,13 @@ def load_model(name: str, device: str | None):
 
 def train(cfg: SelfRetrievalConfig) -> dict:
     """Train, save output_dir/final (model + selfretrieval.json), evaluate; writes results.json."""
-    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
     ds = load_dataset(cfg.data)
     model, tok = load_model(cfg.model, cfg.device)
     fmt = data.Format(tok, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
-    examples, counts = build_examples(cfg, ds, fmt)
+    held_out = dev_qids(cfg, ds)
+    examples, counts = build_examples(cfg, ds, fmt, held_out)
     tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                      precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
     history = Trainer(SFTTask(model, tok), examples, tc).fit() if cfg.steps else []
@@ -73,10 +87,27 @@ def train(cfg: SelfRetrievalConfig) -> dict:
     final.mkdir(parents=True, exist_ok=True)
     retriever.save(final)
     results = {"config": asdict(cfg), "examples": counts, "final_loss": history[-1] if history else None,
+               **evaluate_dev(retriever, ds, cfg, held_out),
                **evaluate_selfretrieval(retriever, ds, cfg, Path(cfg.output_dir))}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "selfretrieval", "output_dir": cfg.output_dir, **results["metrics"]}))
     return results
+
+
+def evaluate_dev(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, held_out: set[str]) -> dict:
+    """{"dev": {scoring: metrics}} on the held-out train questions, every scoring ranking the same candidates
+    (generation and verdicts run once); choose `scoring` here, then score test once. {} without a dev split."""
+    if not held_out:
+        return {}
+    queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
+    qrels = {q: ds.qrels[cfg.train_split][q] for q in queries}
+    runs: dict[str, dict] = {scoring: {} for scoring in SCORINGS}
+    for qid, text in _progress(queries, "self-retrieval dev"):
+        cands = retriever.generate(text)
+        for scoring, run in runs.items():
+            run[qid] = {c.doc_id: c.score for c in rank(cands, scoring, cfg.tau, cfg.delta)}
+    dev = {s: {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()} for s, run in runs.items()}
+    return {"dev": dev, "dev_queries": len(queries)}
 
 
 def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, out: Path | None = None) -> dict:
@@ -89,7 +120,7 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     qrels = {q: ds.qrels[cfg.eval_split][q] for q in queries}
     golds = data.read_answers(resolve_dataset(cfg.data))
     run, answered = {}, []
-    for qid, text in _progress(queries):
+    for qid, text in _progress(queries, "self-retrieval eval"):
         cands = retriever.candidates(text)
         run[qid] = {c.doc_id: c.score for c in cands}
         if golds.get(qid) and cands:
@@ -105,10 +136,10 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     return {"metrics": metrics, "eval_queries": len(queries)}
 
 
-def _progress(queries: dict):
+def _progress(queries: dict, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(queries.items(), desc="self-retrieval eval", total=len(queries))
+    return tqdm(queries.items(), desc=desc, total=len(queries))
 
 
 def normalize_answer(text: str) -> str:
