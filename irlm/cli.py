@@ -705,11 +705,15 @@ def run_cmd(
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (`irlm run`) or a training output.")) -> None:
-    """Write report.md, report.json and PNG charts for a run directory; prints the report's path."""
-    from irlm.eval.report import write_report
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (`irlm run`) or a training output."),
+    baseline: str | None = typer.Option(None, help="System the others are tested against (default: the recipe's "
+                                        "report `baseline`, else bm25 where there is one)."),  # fmt: skip
+) -> None:
+    """Write report.md, report.html, report.json, per_query.csv and PNG charts; prints report.md's path."""
+    from irlm.eval.report import recorded_baseline, write_report
 
-    print(write_report(run_dir))
+    print(write_report(run_dir, baseline=baseline or recorded_baseline(run_dir)))
 
 
 def run() -> None:

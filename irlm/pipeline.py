@@ -313,6 +313,8 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
         settings = resolve_refs({k: v for k, v in st.items() if k not in ("name", "kind")}, folders)
         if st["kind"] == "eval":
             _depth(settings.get("k", 1000))
+        if st["kind"] == "report":
+            check_baseline(st, stages)
         if st["kind"] in ("eval", "index"):
             from irlm import options
 
@@ -356,10 +358,16 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
         system = build_retriever(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
     run = system.search(ds.split_queries(split), k)
     folder.mkdir(parents=True, exist_ok=True)
-    write_trec(run, folder / "run.trec")
+    write_trec(run, folder / "run.trec")  # the report's per-query comparisons read it
+    source = str(Path(data).resolve()) if Path(data).is_dir() else data  # what the report opens again
+    return {"system": eval_label(s), "metrics": {ds.name: evaluate(run, ds.qrels[split])}, "split": split,
+            "source": source}  # fmt: skip
+
+
+def eval_label(s: dict) -> str:
+    """An eval stage's system name: its label, else the dense model's name or the retriever kind."""
     kind = s.get("retriever", "bm25")
-    label = s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
-    return {"system": label, "metrics": {ds.name: evaluate(run, ds.qrels[split])}}
+    return s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
 
 
 def _depth(k) -> int:
@@ -372,7 +380,19 @@ def _depth(k) -> int:
 def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
     from irlm.eval.report import write_report
 
-    return {"report": str(write_report(run_dir, folder))}
+    return {"report": str(write_report(run_dir, folder, s.get("baseline"))), "baseline": s.get("baseline")}
+
+
+def check_baseline(stage: dict, stages: list[dict]) -> None:
+    """A report's `baseline` names a stage or an eval stage's system (or one's variant, `retriever+bm25`):
+    checked before any stage runs, not when the report is written after them."""
+    baseline = stage.get("baseline")
+    if baseline is None:
+        return
+    names = {st["name"] for st in stages} | {eval_label(st) for st in stages if st["kind"] == "eval"}
+    if not any(baseline.lower() == n.lower() or baseline.lower().startswith(f"{n.lower()}+") for n in names):
+        raise InputError(f"stage '{stage['name']}' setting baseline: '{baseline}' names no stage or system "
+                         f"(stages and systems: {', '.join(sorted(names))})")  # fmt: skip
 
 
 def _brief(result: dict) -> dict:
@@ -383,13 +403,13 @@ def _brief(result: dict) -> dict:
 RECIPE_KEYS = ("run_dir", "stages")
 STAGE_TYPES = {  # the built-in stages' settings; k is checked by _depth
     "names": list, "data": str, "retriever": str, "model": str, "device": str, "split": str, "index": str,
-    "label": str,
+    "label": str, "baseline": str,
 }  # fmt: skip
 STAGE_KEYS = {  # the settings each built-in stage reads (see its function above)
     "data": {"names", "data"},
     "index": {"retriever", "data", "model", "device"},
     "eval": {"data", "split", "index", "retriever", "model", "device", "k", "label"},
-    "report": set(),
+    "report": {"baseline"},  # the system every other is tested against (default: bm25 where there is one)
 }
 STAGES: dict[str, Callable[[dict, Path, Path], dict]] = {
     "data": stage_data, "augment": stage_augment, "prune": stage_prune, "pretrain": stage_pretrain,

@@ -134,3 +134,17 @@ def test_compare_scores_corrects_over_the_systems_compared():
     assert by["noisy"]["p_ttest_holm"] == pytest.approx(holm([by["noisy"]["p_ttest"], by["better"]["p_ttest"]])[0])
     assert by["noisy"]["significant"] == (by["noisy"]["p_randomization_holm"] < 0.05)
     assert by["noisy"]["wins"] + by["noisy"]["ties"] + by["noisy"]["losses"] == 200
+
+
+def test_significance_is_read_after_holm():
+    rng = np.random.default_rng(11)
+    qids = [f"q{i}" for i in range(100)]
+    base = dict(zip(qids, rng.random(100) * 0.7))
+    strong = {q: s + 0.1 for q, s in base.items()}
+    weak = {q: s + rng.normal(0.02, 0.1) for q, s in base.items()}
+    null = {q: s + (0.05 if i % 2 else -0.05) for i, (q, s) in enumerate(base.items())}
+    by = {r["system"]: r for r in compare_scores({"bm25": base, "strong": strong, "weak": weak, "null": null}, "bm25")}
+    assert by["weak"]["p_randomization"] < 0.05 and by["weak"]["p_ttest"] < 0.05  # alone it would pass
+    assert by["weak"]["p_randomization_holm"] == pytest.approx(2 * by["weak"]["p_randomization"])  # second of three
+    assert not by["weak"]["significant"] and by["strong"]["significant"]
+    assert by["null"]["p_randomization"] == 1.0 and by["null"]["diff"] == pytest.approx(0, abs=1e-12)
