@@ -13,7 +13,7 @@ With `--sweep 0,10,20,25` it instead measures training pairs per second when the
 frozen and read from cached activations (irlm.train.cached), against full fine-tuning (F = 0), same
 model, batch and examples, one process; the one-time cost of filling the cache is reported apart.
 
-    python bench/train.py --sweep 0,10,20,25 --batch 32 --max-length 128 --steps 3
+    python bench/train.py --sweep 0,10,20,25 --batch 32 --max-length 128 --steps 3   # fp32 and bf16 each
 """
 
 from __future__ import annotations
@@ -90,12 +90,30 @@ def irlm_loop(enc, data, steps, batch_size, negatives) -> float:
         return tokens / (time.perf_counter() - start)
 
 
-def cached_sweep(args) -> dict:
-    """Pairs/s of ContrastiveTask steps at each F; F = 0 is the full model, every parameter trained."""
-    from irlm.train.cached import CachedEncoder
-    from irlm.train.contrastive import ContrastiveTask, batch_texts
+def timed_pairs_per_s(enc, data, args, precision: str) -> float:
+    """Pairs/s of Trainer steps at one precision (one untimed warm-up step first)."""
+    from irlm.train.contrastive import ContrastiveTask
     from irlm.train.loop import TrainConfig, Trainer
 
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(output_dir=f"{tmp}/run", max_steps=args.steps + 1, batch_size=args.batch, save_every=0,
+                          precision=precision)  # fmt: skip
+        trainer = Trainer(ContrastiveTask(enc, 0.05, args.negatives), data, cfg)
+        trainer.train_step()  # warm-up, not timed
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step()
+        return args.steps * args.batch / (time.perf_counter() - start)
+
+
+def cached_sweep(args) -> dict:
+    """Pairs/s of ContrastiveTask steps at each F, in each precision asked for (`both`: fp32 and bf16, and
+    what `precision: auto` picks here); F = 0 is the full model, every parameter trained."""
+    from irlm.train.cached import CachedEncoder
+    from irlm.train.contrastive import ContrastiveTask, batch_texts
+    from irlm.train.precision import choose_precision, cpu_name
+
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     data = examples(args.batch * (args.steps + 1), args.negatives)
     out = {}
     for layers in [int(x) for x in args.sweep.split(",")]:
@@ -107,22 +125,20 @@ def cached_sweep(args) -> dict:
                 start = time.perf_counter()
                 enc.fill(texts, progress=False)
                 fill_s = time.perf_counter() - start
-            cfg = TrainConfig(output_dir=f"{tmp}/run", max_steps=args.steps + 1, batch_size=args.batch, save_every=0,
-                              precision=args.precision)  # fmt: skip
-            trainer = Trainer(ContrastiveTask(enc, 0.05, args.negatives), data, cfg)
-            trainer.train_step()  # warm-up, not timed
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                trainer.train_step()
-            pairs_s = args.steps * args.batch / (time.perf_counter() - start)
-        out[layers] = {"pairs_per_s": round(pairs_s, 3), "fill_texts_per_s": round(len(set(texts)) / fill_s, 1)
-                       if fill_s else None}  # fmt: skip
-    base = out.get(0, {}).get("pairs_per_s")
+            row = {f"pairs_per_s_{p}": round(timed_pairs_per_s(enc, data, args, p), 3) for p in precisions}
+            task = ContrastiveTask(enc, 0.05, args.negatives)
+            row["auto_picks"] = choose_precision(task, data[:4], "cpu")
+        row["fill_texts_per_s"] = round(len(set(texts)) / fill_s, 1) if fill_s else None
+        out[layers] = row
+    base = out.get(0, {})
     for row in out.values():
-        row["speedup"] = round(row["pairs_per_s"] / base, 2) if base else None
-    return {"bench": "train-cached", "model": args.model, "batch": args.batch, "negatives": args.negatives,
-            "max_length": args.max_length, "steps": args.steps, "threads": torch.get_num_threads(),
-            "precision": args.precision, "baseline": "F=0: full fine-tuning, same loop", "layers": out}  # fmt: skip
+        for p in precisions:
+            key = f"pairs_per_s_{p}"
+            row[f"speedup_{p}"] = round(row[key] / base[key], 2) if base.get(key) else None
+    return {"bench": "train-cached", "cpu": cpu_name(), "model": args.model, "batch": args.batch,
+            "negatives": args.negatives, "max_length": args.max_length, "steps": args.steps,
+            "threads": torch.get_num_threads(), "precisions": precisions,
+            "baseline": "F=0: full fine-tuning, same loop and precision", "layers": out}  # fmt: skip
 
 
 def one_big_step(model, max_length, batch, negatives, chunk) -> None:
@@ -152,7 +168,8 @@ def main() -> None:
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--big-max-length", type=int, default=16, help="kept short so the uncached step fits in RAM")
     ap.add_argument("--cache-chunk", type=int, default=32)
-    ap.add_argument("--precision", default="fp32", help="--sweep: fp32 (bf16 autocast trains ~20x slower on AVX2 CPUs)")
+    ap.add_argument("--precision", default="both", help="--sweep: fp32, bf16 or both (each F timed in each, and the "
+                    "choice of `precision: auto` on this CPU)")
     ap.add_argument("--sweep", default="", help="comma-separated frozen-layer counts F, e.g. 0,10,20,25")
     ap.add_argument("--one-step", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)

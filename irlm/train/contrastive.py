@@ -60,6 +60,8 @@ def qrels_examples(data: str, split: str = "train", n_negatives: int = 1, seed: 
 class ContrastiveTask:
     """Task for irlm.train.loop.Trainer. `cache_chunk` > 0 switches on gradient caching."""
 
+    probe_precision = True  # a step has no side effects: `precision: auto` may time it (irlm.train.precision)
+
     def __init__(self, encoder, temperature: float = 0.05, n_negatives: int = 1, cache_chunk: int = 0):
         self.encoder, self.n_negatives = encoder, n_negatives
         self.loss = ContrastiveLoss(encoder, temperature, cache_chunk)

@@ -191,6 +191,7 @@ class Trainer:
         schedules = [warm if g.get("schedule", True) else _constant for g in groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.step = 0
+        self.precision = None if config.precision == "auto" else config.precision  # auto: timed at the first step
 
     # ---- one step -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -218,7 +219,27 @@ class Trainer:
         return {"lr": lr, **parts}
 
     def _autocast(self):
-        return autocast(self.params[0].device.type, self.cfg.precision)
+        if self.precision is None:
+            self.precision = self._pick_precision()
+        return autocast(self.params[0].device.type, self.precision)
+
+    def _pick_precision(self) -> str:
+        """`auto`: the faster precision for this task's real step here (irlm.train.precision), decided on rank 0
+        and shared, so every process autocasts alike."""
+        if self.cfg.precision != "auto":
+            return self.cfg.precision
+        if not getattr(self.task, "probe_precision", False):  # a step with side effects (sampling) is not timed
+            return resolve_precision("auto", self.params[0].device.type)
+        from irlm.train.precision import choose_precision
+
+        choice = [None]
+        if self.rank == 0:
+            micro = max(1, self.cfg.batch_size // (self.world * self.cfg.grad_accum))
+            probe = step_examples(self.examples, 0, self.cfg.batch_size, self.cfg.seed)[: min(4, micro)]
+            choice[0] = choose_precision(self.task, probe, self.params[0].device.type)
+        if self.world > 1:
+            dist.broadcast_object_list(choice, src=0)
+        return choice[0]
 
     def _average_parts(self, parts: dict[str, float]) -> dict[str, float]:
         """Loss parts as the mean over every process's share of the batch, not rank 0's alone."""

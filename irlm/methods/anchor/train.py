@@ -42,6 +42,8 @@ def mean_token_norm(model) -> float:
 class ReconstructionTask:
     """EBQ2D + EBD2Q: each side's embedding is the only context for generating the other side."""
 
+    probe_precision = True  # a step has no side effects: `precision: auto` may time it (irlm.train.precision)
+
     def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int, prefix_scale: str = "embedding"):
         self.encoder, self.alpha, self.target_max_length = encoder, alpha, target_max_length
         self.prefix_scale = prefix_scale
