@@ -77,8 +77,9 @@ def evaluate_encoder(encoder, names: list[str], split: str = "test", k: int = 10
                      fusion_weight: float | None = None) -> dict[str, dict]:  # fmt: skip
     """{dataset: metrics} for a dense retriever built on each corpus with `encoder`. With `hybrid`, also
     {dataset+bm25: metrics} for its run fused with BM25's by RRF, and with a dense `fusion_weight` (tuned on
-    one dev split: `tune_fusion_weight`) {dataset+bm25-weighted: metrics}; with `runs_dir`, each dense run
-    is kept there as DATASET.trec (re-scorable with `irlm eval --run`); `built`: see `dense_retriever`."""
+    one dev split: `tune_fusion_weight`) {dataset+bm25-weighted: metrics}; with `runs_dir`, each run is kept
+    there as DATASET.trec, DATASET+bm25.trec, DATASET+bm25-weighted.trec (re-scorable with `irlm eval --run`,
+    compared query by query by `irlm report`); `built`: see `dense_retriever`."""
     from irlm.eval import write_trec
     from irlm.index.fusion import rrf, top_k, with_bm25
 
@@ -92,7 +93,11 @@ def evaluate_encoder(encoder, names: list[str], split: str = "test", k: int = 10
         out[name] = evaluate(run, qrels)
         if hybrid:
             bm25 = bm25_retriever(ds, built).search(queries, k=k)
-            out[f"{name}+bm25"] = evaluate(top_k(rrf([run, bm25]), k), qrels)
+            fused = {"+bm25": top_k(rrf([run, bm25]), k)}
             if fusion_weight is not None:
-                out[f"{name}+bm25-weighted"] = evaluate(top_k(with_bm25(run, bm25, fusion_weight), k), qrels)
+                fused["+bm25-weighted"] = top_k(with_bm25(run, bm25, fusion_weight), k)
+            for suffix, fused_run in fused.items():
+                if runs_dir:  # the report tests each run against its baseline, query by query
+                    write_trec(fused_run, Path(runs_dir) / f"{ds.name}{suffix}.trec")
+                out[f"{name}{suffix}"] = evaluate(fused_run, qrels)
     return out

@@ -267,3 +267,19 @@ def test_the_pipeline_report_compares_with_the_recipes_baseline(tmp_path, toy_be
         pipeline.run_pipeline(path)
     assert not (tmp_path / "run2" / "bm25").exists()  # refused before the first stage ran
     assert Path(state["report"]["result"]["report"]).name == "report.md"
+
+
+def test_a_trained_retrievers_runs_are_kept_for_the_report(tmp_path, toy_beir, llama_encoder):
+    """evaluate_encoder keeps the dense run and both hybrids, each scoring what its metrics say, so a training
+    stage's hybrid rows are tested against BM25 like any eval stage."""
+    from irlm.eval import read_trec
+    from irlm.eval.benchmark import evaluate_encoder
+
+    name = toy_beir.name
+    (tmp_path / "runs").mkdir()
+    metrics = evaluate_encoder(llama_encoder, [str(toy_beir)], k=5, runs_dir=str(tmp_path / "runs"),
+                               hybrid=True, fusion_weight=0.3)  # fmt: skip
+    qrels = load_dataset(str(toy_beir)).qrels["test"]
+    for suffix in ("", "+bm25", "+bm25-weighted"):
+        run = read_trec(tmp_path / "runs" / f"{name}{suffix}.trec")
+        assert evaluate(run, qrels) == pytest.approx(metrics[f"{toy_beir}{suffix}"], abs=1e-6)
