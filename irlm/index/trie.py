@@ -1,21 +1,20 @@
 """A prefix tree over token ids that knows nothing of models (Self-Retrieval's constrained decoding).
 
-Nodes are numbered level by level (breadth first) and children sorted by token, so the children of
-any node are one contiguous run of ids, and so is everything at one depth below a node. Then a few
-flat arrays hold the whole tree:
+The tree is never built as nodes. The distinct sequences are kept sorted, one after another, in
+one flat token array; the entries that start with a prefix are then one contiguous run of them,
+and the run below a prefix + [t] is found by binary search on the tokens at that depth:
 
-    token[n]            the token on the edge into node n (the root's slot is unused)
-    first_child[n]      children of n are the ids first_child[n] .. first_child[n + 1] - 1
-    single[n]           exactly one distinct entry passes through n (its rest can be copied)
-    terminal[i]         sorted ids of the nodes where an entry ends
-    key_start[i]        keys of terminal[i] are keys[key_ids[key_start[i] : key_start[i + 1]]]
+    tokens[starts[i] : starts[i + 1]]      distinct sequence i, in sorted order
+    keys[key_start[i] : key_start[i + 1]]  its keys, in input order
 
-That is 7 bytes per node with a vocabulary under 65,536 (9 above), plus 8 per distinct entry and
-4 per key, against hundreds of bytes per node for nested dicts.
+A node is (lo, hi, depth): the sequences lo .. hi - 1 share their first `depth` tokens. That is
+2 bytes per token with a vocabulary under 65,536 (4 above), plus 8 per distinct sequence, against
+7 per node for a tree of flat arrays and hundreds for nested dicts.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from itertools import chain
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import numpy as np
 from irlm.errors import InputError
 from irlm.utils import atomic_path
 
-ARRAYS = ("token", "first_child", "single", "terminal", "key_start", "key_ids")
+ARRAYS = ("tokens", "starts", "key_start")
+Node = tuple[int, int, int]  # (lo, hi, depth)
 
 
 class TokenTrie:
-    """Token-id sequences (with string keys) in flat arrays; look-ups walk from the root.
+    """Token-id sequences (with string keys), sorted in flat arrays; look-ups are binary searches.
 
     Example:
         >>> t = TokenTrie.build([[5, 6], [5, 7, 1]], keys=["a", "b"])
@@ -46,67 +46,102 @@ class TokenTrie:
         """Trie over `sequences` (lists of non-negative ints); keys default to "0", "1", ...
 
         An empty sequence is refused rather than made the root's entry: it would match every prefix.
-        Equal sequences share one terminal node that keeps all their keys, in input order.
+        Equal sequences are stored once and keep all their keys, in input order.
         """
         seqs = [[int(t) for t in s] for s in sequences]
         keys = [str(i) for i in range(len(seqs))] if keys is None else [str(k) for k in keys]
         _check(seqs, keys)
         distinct, entry_of_key = _dedupe(seqs)
-        token, depth, parent, last = _preorder(distinct)
-        arrays = _level_order(token, depth, parent, last, entry_of_key)
-        return cls(arrays, keys, sum(map(len, seqs)))
+        order = np.argsort(entry_of_key, kind="stable")  # keys grouped by sequence, input order within
+        lengths = np.array([len(s) for s in distinct], dtype=np.int64)
+        total = int(lengths.sum())
+        flat = np.fromiter(chain.from_iterable(distinct), np.int64, total)
+        arrays = {
+            "tokens": flat.astype(np.uint16 if total == 0 or flat.max() < 2**16 else np.int32),
+            "starts": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if total < 2**31 else np.int64),
+            "key_start": np.concatenate([[0], np.cumsum(np.bincount(entry_of_key, minlength=len(distinct)))])
+            .astype(np.int32),
+        }
+        return cls(arrays, [keys[i] for i in order], sum(map(len, seqs)))
 
     def __len__(self) -> int:
         """Number of distinct entries."""
-        return len(self.terminal)
+        return len(self.starts) - 1
 
-    def child(self, n: int, t: int) -> int | None:
-        """The child of node n along token t, or None."""
-        lo, hi = int(self.first_child[n]), int(self.first_child[n + 1])
-        i = lo + int(np.searchsorted(self.token[lo:hi], t))
-        return i if i < hi and self.token[i] == t else None
+    @property
+    def root(self) -> Node:
+        return (0, len(self), 0)
 
-    def node(self, prefix) -> int | None:
-        """The node reached by `prefix` from the root (0 for []), or None when no entry starts so."""
-        n: int | None = 0
+    def _at(self, i: int, depth: int) -> int:
+        """Token `depth` of sequence i (the caller knows it is that long)."""
+        return int(self.tokens[int(self.starts[i]) + depth])
+
+    def _length(self, i: int) -> int:
+        return int(self.starts[i + 1] - self.starts[i])
+
+    def _branching(self, n: Node) -> int:
+        """The first sequence of n that continues past its prefix: the one equal to it sorts first."""
+        lo, hi, depth = n
+        return lo + 1 if lo < hi and self._length(lo) == depth else lo
+
+    def child(self, n: Node, t: int) -> Node | None:
+        """The node below n along token t, or None."""
+        lo, hi, depth = n
+        a = self._branching(n)
+        at = lambda i: self._at(i, depth)  # noqa: E731  (sorted within n: the bisect key)
+        i = bisect_left(range(a, hi), t, key=at)
+        if i == hi - a or at(a + i) != t:
+            return None
+        return (a + i, a + bisect_right(range(a, hi), t, lo=i, key=at), depth + 1)
+
+    def node(self, prefix) -> Node | None:
+        """The node reached by `prefix` from the root, or None when no entry starts so."""
+        n: Node | None = self.root if len(self) else None
         for t in prefix:
-            n = self.child(n, int(t))
             if n is None:
                 return None
+            n = self.child(n, int(t))
         return n
 
-    def children(self, n: int) -> list[int]:
-        """Tokens out of node n, sorted."""
-        return self.token[self.first_child[n] : self.first_child[n + 1]].tolist()
+    def children(self, n: Node) -> list[int]:
+        """Sorted distinct tokens out of node n."""
+        lo, hi, depth = n
+        a = self._branching(n)
+        if a == hi:
+            return []
+        col = self.tokens[self.starts[a:hi] + depth].astype(np.int64)  # sorted: the sequences share the prefix
+        return col[np.flatnonzero(np.diff(col, prepend=-1))].tolist()
 
     def allowed(self, prefix) -> list[int]:
         """Sorted tokens that continue some entry after `prefix`; [] at a leaf or an unknown prefix."""
         n = self.node(prefix)
         return [] if n is None else self.children(n)
 
+    def ends_at(self, n: Node) -> bool:
+        """Whether n's prefix is itself an entry."""
+        return self._branching(n) > n[0]
+
     def keys_at(self, prefix) -> list[str]:
         """Keys of the entries equal to `prefix`."""
         n = self.node(prefix)
-        return [] if n is None else self._keys(*self._terminal_range(n, n + 1))
+        return self._keys(n[0], n[0] + 1) if n is not None and self.ends_at(n) else []
 
     def is_terminal(self, prefix) -> bool:
         """Whether `prefix` is itself an entry (it may still continue into longer ones)."""
         n = self.node(prefix)
-        return n is not None and self._ends_at(n)
+        return n is not None and self.ends_at(n)
 
     def keys_under(self, prefix) -> list[str]:
-        """Keys of every entry that starts with `prefix`: shorter entries first, then in token order.
-
-        Below a node, each depth is one contiguous run of ids, so this costs one step per level
-        rather than one per node.
-        """
+        """Keys of every entry that starts with `prefix`, in token order (an entry before its extensions)."""
         n = self.node(prefix)
-        out: list[str] = []
-        lo, hi = (n, n + 1) if n is not None else (0, 0)
-        while lo < hi:
-            out += self._keys(*self._terminal_range(lo, hi))
-            lo, hi = int(self.first_child[lo]), int(self.first_child[hi])
-        return out
+        return [] if n is None else self._keys(n[0], n[1])
+
+    def completion(self, n: Node) -> list[int] | None:
+        """The rest of the one distinct entry below n ([] if n is it), else None."""
+        lo, hi, depth = n
+        if hi - lo != 1:
+            return None
+        return self.tokens[int(self.starts[lo]) + depth : int(self.starts[hi])].tolist()
 
     def unique_completion(self, prefix) -> list[int] | None:
         """The rest of the one distinct entry that continues `prefix` ([] if `prefix` is it), else None.
@@ -115,13 +150,7 @@ class TokenTrie:
         a decoder copies them from the corpus instead of running the model for each.
         """
         n = self.node(prefix)
-        if n is None or not self.single[n]:
-            return None
-        rest = []
-        while self.first_child[n + 1] > self.first_child[n]:  # a single entry below: one path, no branch
-            n = int(self.first_child[n])
-            rest.append(int(self.token[n]))
-        return rest
+        return None if n is None else self.completion(n)
 
     def prefix_allowed_tokens_fn(self, prompt_len: int, eos_token_id: int | None = None):
         """A callable for transformers' `generate(prefix_allowed_tokens_fn=...)`.
@@ -144,7 +173,7 @@ class TokenTrie:
             if n is None:
                 return eos
             nxt = self.children(n)
-            return sorted(set(nxt + eos)) if self._ends_at(n) else nxt
+            return sorted(set(nxt + eos)) if self.ends_at(n) else nxt
 
         return allowed_tokens
 
@@ -174,19 +203,9 @@ class TokenTrie:
                 raise InputError(f"not a trie file: missing {', '.join(missing)}", path=str(path))
             return cls({name: z[name] for name in ARRAYS}, z["keys"].tolist(), int(z["corpus_tokens"]))
 
-    def _terminal_range(self, lo: int, hi: int) -> tuple[int, int]:
-        """Indices into `terminal` of the terminal nodes with ids in [lo, hi)."""
-        a, b = np.searchsorted(self.terminal, [lo, hi])
-        return int(a), int(b)
-
-    def _ends_at(self, n: int) -> bool:
-        a, b = self._terminal_range(n, n + 1)
-        return a < b
-
-    def _keys(self, a: int, b: int) -> list[str]:
-        """Keys of terminal[a:b]."""
-        ids = self.key_ids[self.key_start[a] : self.key_start[b]]
-        return [self.keys[i] for i in ids]
+    def _keys(self, lo: int, hi: int) -> list[str]:
+        """Keys of the sequences lo .. hi - 1."""
+        return self.keys[int(self.key_start[lo]) : int(self.key_start[hi])]
 
 
 def join_entries(titles: list[list[int]], passages: list[list[int]], sep: int) -> list[list[int]]:
@@ -227,78 +246,3 @@ def _dedupe(seqs: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:
             distinct.append(seqs[i])
         entry_of_key[i] = len(distinct) - 1
     return distinct, entry_of_key
-
-
-def _preorder(distinct: list[list[int]]):
-    """Depth-first node arrays over sorted distinct sequences: token, depth and parent per node
-    (root 0), and the last node of each sequence.
-
-    In sorted order each sequence adds nodes only past its common prefix with the one before,
-    so the work is linear in the tokens that are not shared.
-    """
-    shared = [_common_prefix(a, b) for a, b in zip([[]] + distinct, distinct)]
-    new = np.array([len(s) - c for s, c in zip(distinct, shared)], dtype=np.int64)  # >= 1: sorted and distinct
-    first = 1 + np.cumsum(new) - new  # id of each sequence's first new node
-    total = 1 + int(new.sum())
-    token = np.zeros(total, dtype=np.int64)
-    token[1:] = np.fromiter(chain.from_iterable(s[c:] for s, c in zip(distinct, shared)), np.int64, total - 1)
-    depth = np.zeros(total, dtype=np.int64)
-    depth[1:] = np.arange(1, total) - np.repeat(first, new) + np.repeat(np.array(shared) + 1, new)
-    parent = np.arange(-1, total - 1)  # within a sequence's new nodes each hangs from the one before
-    parent[first] = _branch_points(distinct, shared, first)
-    return token, depth, parent, first + new - 1
-
-
-def _branch_points(distinct: list[list[int]], shared: list[int], first: np.ndarray) -> list[int]:
-    """For each sequence, the node its new part hangs from: the node at depth `shared` on its path."""
-    path, out = [0], []  # path[d]: node at depth d on the latest sequence
-    for s, c, f in zip(distinct, shared, first.tolist()):
-        del path[c + 1 :]
-        out.append(path[c])
-        path.extend(range(f, f + len(s) - c))
-    return out
-
-
-def _level_order(token, depth, parent, last, entry_of_key) -> dict[str, np.ndarray]:
-    """Renumber depth-first nodes level by level, children sorted by token, and build the arrays.
-
-    A stable sort by depth is enough: within one depth the depth-first order already lists nodes
-    by their parent's order, then by token, because the sequences were sorted.
-    """
-    order = np.argsort(depth, kind="stable")
-    new_id = np.empty_like(order)
-    new_id[order] = np.arange(len(order))
-    parent = new_id[parent[order[1:]]]  # non-decreasing, so each node's children are one run
-    first_child = np.concatenate([[1], 1 + np.cumsum(np.bincount(parent, minlength=len(order)))])
-    ends = new_id[last]
-    key_ids = np.argsort(ends[entry_of_key], kind="stable")  # keys grouped by node, input order within
-    terminal, per_node = np.unique(ends[entry_of_key][key_ids], return_counts=True)
-    index = np.int32 if len(order) < 2**31 else np.int64
-    return {
-        "token": token[order].astype(np.uint16 if token.max() < 2**16 else np.int32),  # halves most vocabularies
-        "first_child": first_child.astype(index),
-        "single": _single(parent, depth[order], ends, len(order)),
-        "terminal": terminal.astype(index),
-        "key_start": np.concatenate([[0], np.cumsum(per_node)]).astype(np.int32),
-        "key_ids": key_ids.astype(np.int32),
-    }
-
-
-def _single(parent: np.ndarray, depth: np.ndarray, ends: np.ndarray, n: int) -> np.ndarray:
-    """Whether exactly one distinct entry ends at or below each node: counts summed up level by level."""
-    count = np.zeros(n, dtype=np.int64)
-    count[ends] = 1
-    starts = np.searchsorted(depth, np.arange(depth.max() + 2))  # each depth is a run of ids
-    for d in range(int(depth.max()), 0, -1):
-        lo, hi = starts[d], starts[d + 1]
-        np.add.at(count, parent[lo - 1 : hi - 1], count[lo:hi])  # parent[i - 1] is node i's parent
-    return count == 1
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -1,6 +1,6 @@
 """TokenTrie on plain integer lists: exact look-ups, a dict-of-dicts reference on every prefix,
-unique completion, keys, save/load, the generate() hook, and constrained random walks that may
-only ever produce corpus entries."""
+unique completion, keys, memory, save/load, the generate() hook, and constrained random walks that
+may only ever produce corpus entries."""
 
 from __future__ import annotations
 
@@ -55,15 +55,16 @@ def test_exact_lookups():
     assert t.allowed([]) == [5, 9]
     assert t.allowed([5]) == [6, 7] and t.allowed([5, 7]) == [1, 2] and t.allowed([5, 6]) == [8]
     assert t.allowed([5, 6, 8]) == [] and t.allowed([9]) == [] and t.allowed([4]) == []
-    assert t.node([]) == 0 and t.node([5, 9]) is None and t.node([5, 6, 8, 1]) is None
+    assert t.node([]) == t.root == (0, 5, 0) and t.node([5, 7]) == (2, 4, 2)  # sorted: 56, 568, 571, 572, 9
+    assert t.node([5, 9]) is None and t.node([5, 6, 8, 1]) is None
     assert t.allowed([70000]) == [] and t.allowed([-1]) == []  # outside the stored uint16 range
-    assert t.keys_under([]) == ["d", "a", "c", "b", "e"]  # shorter entries first, then token order
+    assert t.keys_under([]) == ["a", "c", "b", "e", "d"]  # token order, an entry before its extensions
     assert t.keys_under([5]) == ["a", "c", "b", "e"] and t.keys_under([5, 7]) == ["b", "e"]
     assert t.keys_under([5, 7, 3]) == [] and t.keys_under([4]) == []
     assert t.keys_at([5, 6]) == ["a"] and t.keys_at([5]) == [] and t.keys_at([8]) == []
     assert t.is_terminal([5, 6]) and t.is_terminal([9])
     assert not t.is_terminal([5, 7]) and not t.is_terminal([]) and not t.is_terminal([3])
-    assert len(t) == 5 and t.token.dtype == np.uint16
+    assert len(t) == 5 and t.tokens.dtype == np.uint16
 
 
 def test_unique_completion():
@@ -99,9 +100,11 @@ def test_bad_input_and_the_empty_trie():
 
 
 def test_default_keys_and_large_vocabularies():
-    t = TokenTrie.build([np.array([150000, 2]), (150000, 1)])  # any int sequences
-    assert t.keys_under([]) == ["1", "0"] and t.allowed([150000]) == [1, 2]
-    assert t.token.dtype == np.int32  # no longer fits uint16
+    t = TokenTrie.build([np.array([150000, 2]), (150000, 1), [65535], [65535, 0]])  # any int sequences
+    assert t.keys_under([]) == ["2", "3", "1", "0"] and t.allowed([150000]) == [1, 2]
+    assert t.allowed([]) == [65535, 150000] and t.allowed([65535]) == [0]
+    assert t.tokens.dtype == np.int32  # no longer fits uint16
+    assert TokenTrie.build([[65535], [65535, 0]]).allowed([]) == [65535]  # the top uint16 token is a token
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -124,15 +127,15 @@ def test_agrees_with_a_dict_reference_on_every_prefix(seed):
         assert t.unique_completion(p) == (below[0] if len(below) == 1 else None)
 
 
-def test_level_order_layout():
-    """Children of each node are one sorted run, and each node is some node's child exactly once."""
+def test_sorted_layout():
+    """The distinct sequences lie sorted, one after another; each key sits with its own sequence."""
     rng = random.Random(3)
-    t = TokenTrie.build([[rng.randrange(5) for _ in range(rng.randint(1, 6))] for _ in range(100)])
-    fc = t.first_child
-    assert fc[0] == 1 and fc[-1] == len(t.token) and np.all(np.diff(fc) >= 0)
-    for n in range(len(t.token)):
-        assert np.all(np.diff(t.token[fc[n] : fc[n + 1]].astype(int)) > 0)
-    assert np.array_equal(t.terminal, np.unique(t.terminal))
+    seqs = [[rng.randrange(5) for _ in range(rng.randint(1, 6))] for _ in range(100)]
+    t = TokenTrie.build(seqs, [f"k{i}" for i in range(len(seqs))])
+    stored = [t.tokens[t.starts[i] : t.starts[i + 1]].tolist() for i in range(len(t))]
+    assert stored == sorted(map(list, {tuple(s) for s in seqs})) and t.starts[0] == 0 and t.starts[-1] == len(t.tokens)
+    for i, seq in enumerate(stored):
+        assert t.keys[t.key_start[i] : t.key_start[i + 1]] == [f"k{n}" for n, s in enumerate(seqs) if s == seq]
 
 
 def test_constrained_walks_only_produce_corpus_entries():
@@ -159,11 +162,13 @@ def test_constrained_walks_only_produce_corpus_entries():
 
 def test_memory_accounting():
     t = TokenTrie.build([[1, 2, 3], [1, 2, 4], [7, 8], [7, 8]], ["p0", "p1", "p2", "p3"])
-    nodes, entries, keys = 7, 3, 4  # root, 1, 2, 3, 4, 7, 8
-    assert len(t.token) == nodes
-    expected = 2 * nodes + 4 * (nodes + 1) + nodes + 4 * entries + 4 * (entries + 1) + 4 * keys
+    tokens, entries = 8, 3  # 123, 124, 78: duplicates are stored once
+    expected = 2 * tokens + 4 * (entries + 1) + 4 * (entries + 1)
     assert t.nbytes == expected == sum(getattr(t, name).nbytes for name in ARRAYS) > 0
     assert t.bytes_per_token == pytest.approx(expected / 10)  # duplicates count as inserted tokens
+    rng = random.Random(0)
+    passages = [[rng.randrange(49152) for _ in range(100)] for _ in range(500)]
+    assert TokenTrie.build(passages).bytes_per_token < 2.1  # passage-length entries: about 2 bytes a token
 
 
 def test_save_load_round_trip(tmp_path):
@@ -193,7 +198,7 @@ def test_two_level_entries():
     t = TokenTrie.build(entries, ["p0", "p1", "p2", "p3"])
     assert t.allowed([]) == [11, 13] and t.allowed([11]) == [sep, 12] and t.allowed([11, 12]) == [sep]
     assert t.allowed([11, 12, sep]) == [21, 23] and t.allowed([13, sep]) == [24]
-    assert t.keys_under([11, 12, sep]) == ["p1", "p0"] and t.unique_completion([11, 12, sep, 21]) == [22]
+    assert t.keys_under([11, 12, sep]) == ["p0", "p1"] and t.unique_completion([11, 12, sep, 21]) == [22]
     with pytest.raises(InputError, match="title 1 holds the separator"):
         join_entries([[1], [2, sep]], [[3], [4]], sep)
     with pytest.raises(InputError, match="2 titles but 1 passages"):
