@@ -317,11 +317,9 @@ def _load_run(path: Path, queries: dict, k: int, device: str | None, data: str):
     return {q: docs for q, docs in read_trec(path).items() if q in queries}
 
 
-def _p(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
-
-
 def _compare_table(rows: list[dict], baseline: str) -> Table:
+    from irlm.eval.compare import format_p
+
     table = Table("system", "metric", "mean", "diff", "95% CI", "p rand. (Holm)", "p t-test (Holm)", "W/T/L",
                   caption=f"against {baseline} on {rows[0]['queries']} queries; * p < 0.05 (randomization, Holm)")
     for r in rows:
@@ -330,8 +328,8 @@ def _compare_table(rows: list[dict], baseline: str) -> Table:
             continue
         mark = " *" if r["significant"] else ""
         table.add_row(r["system"], r["metric"], f"{r['mean']:.4f}", f"{r['diff']:+.4f}",
-                      f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{_p(r['p_randomization_holm'])}{mark}",
-                      _p(r["p_ttest_holm"]), f"{r['wins']}/{r['ties']}/{r['losses']}")  # fmt: skip
+                      f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{format_p(r['p_randomization_holm'])}{mark}",
+                      format_p(r["p_ttest_holm"]), f"{r['wins']}/{r['ties']}/{r['losses']}")  # fmt: skip
     return table
 
 

@@ -25,6 +25,13 @@ SEED = 42
 ALPHA = 0.05
 
 
+def format_p(p: float) -> str:
+    """A p-value for a table: 4 decimals, small ones in scientific notation, ones scipy rounds to 0 as a bound."""
+    if p < 1e-15:
+        return "<1e-15"
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
 def judged(qrels: Qrels) -> dict[str, dict[str, int]]:
     """The queries `evaluate` averages over: those with at least one relevant document."""
     rel = {q: {d: int(g) for d, g in docs.items() if g > 0} for q, docs in qrels.items()}

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from irlm.errors import InputError
 from irlm.eval.report_html import write_html
-from irlm.eval.significance import DEFAULT_BASELINE, base_data, check_baseline, compare_groups, row_name
+from irlm.eval.significance import (
+    DEFAULT_BASELINE,
+    base_data,
+    check_baseline,
+    compare_groups,
+    row_name,
+    versus_cells,
+)
 from irlm.utils import MARKER, claim_folder, made_by_irlm, write_json
 
 HEADLINE = ("ndcg@10", "mrr@5", "hits@5")  # the first a system has is its table and chart value
@@ -100,21 +107,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         h = headline(r)
         if h:
-            lines.append(f"| {r['system']} | {r['data']} | {h[0]} | {h[1]:.4f} | {' | '.join(versus(r))} |")
+            lines.append(f"| {r['system']} | {r['data']} | {h[0]} | {h[1]:.4f} | {' | '.join(versus_cells(r))} |")
     return "\n".join(lines)
-
-
-def versus(row: dict) -> list[str]:
-    """The comparison cells of a row: difference (* where significant), CI, the two p-values, W/T/L."""
-    vs = row.get("vs")
-    if not vs:
-        return ["baseline" if row.get("baseline") else "-", "", "", "", ""]
-    return [f"{vs['diff']:+.4f}{' *' if vs['significant'] else ''}", f"[{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}]",
-            _p(vs["p_randomization_holm"]), _p(vs["p_ttest_holm"]), f"{vs['wins']}/{vs['ties']}/{vs['losses']}"]
-
-
-def _p(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def explain(groups: list[dict]) -> str:

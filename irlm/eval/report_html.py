@@ -13,6 +13,8 @@ import html
 import json
 from pathlib import Path
 
+from irlm.eval.significance import versus_cells
+
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1320px}
 h1{font-size:20px}h2{font-size:17px;margin-top:28px}
@@ -152,13 +154,9 @@ def _row(row: dict, metric: str, value: float) -> str:
     if vs and vs["significant"]:
         cls = "sig-up" if vs["diff"] > 0 else "sig-down"
     cells = [_td(row["system"]), _td(row["data"]), _td(metric), _num(value, f"{value:.4f}")]
-    if vs:
-        mark = " *" if vs["significant"] else ""
-        cells += [_num(vs["diff"], f"{vs['diff']:+.4f}{mark}"), _td(f"[{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}]"),
-                  _num(vs["p_randomization_holm"], _p(vs["p_randomization_holm"])),
-                  _num(vs["p_ttest_holm"], _p(vs["p_ttest_holm"])), _td(f"{vs['wins']}/{vs['ties']}/{vs['losses']}")]
-    else:
-        cells += [_td("baseline" if row.get("baseline") else "-")] + [_td("")] * 4
+    # numbers sort by value (data-v), not by their text
+    values = [vs["diff"], None, vs["p_randomization_holm"], vs["p_ttest_holm"], None] if vs else [None] * 5
+    cells += [_td(text) if v is None else _num(v, text) for text, v in zip(versus_cells(row), values)]
     return f'<tr class="{cls}">{"".join(cells)}</tr>'
 
 
@@ -168,10 +166,6 @@ def _td(text: str) -> str:
 
 def _num(value: float, text: str) -> str:
     return f'<td class="num" data-v="{value!r}">{html.escape(text)}</td>'
-
-
-def _p(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def _image(path: Path) -> str:

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from irlm.errors import InputError
-from irlm.eval.compare import compare_scores, judged, per_query
+from irlm.eval.compare import compare_scores, format_p, judged, per_query
 
 TOP = 10  # documents per query and system in the per-query view
 SNIPPET = 200  # characters of each document's text shown there
@@ -133,3 +133,14 @@ def top_docs(docs: dict[str, float], k: int = TOP) -> list[tuple[str, float]]:
 
 def snippets(corpus, wanted: set[str]) -> dict[str, dict[str, str]]:
     return {d.id: {"title": d.title[:SNIPPET], "text": d.text[:SNIPPET]} for d in corpus.docs if d.id in wanted}
+
+
+def versus_cells(row: dict) -> list[str]:
+    """A report row's comparison as table cells: difference (* where significant), 95 % CI, the randomization
+    and t-test p-values after Holm, W/T/L; 'baseline' or '-' and blanks for a row not tested."""
+    vs = row.get("vs")
+    if not vs:
+        return ["baseline" if row.get("baseline") else "-", "", "", "", ""]
+    return [f"{vs['diff']:+.4f}{' *' if vs['significant'] else ''}", f"[{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}]",
+            format_p(vs["p_randomization_holm"]), format_p(vs["p_ttest_holm"]),
+            f"{vs['wins']}/{vs['ties']}/{vs['losses']}"]  # fmt: skip

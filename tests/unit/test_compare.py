@@ -148,3 +148,9 @@ def test_significance_is_read_after_holm():
     assert by["weak"]["p_randomization_holm"] == pytest.approx(2 * by["weak"]["p_randomization"])  # second of three
     assert not by["weak"]["significant"] and by["strong"]["significant"]
     assert by["null"]["p_randomization"] == 1.0 and by["null"]["diff"] == pytest.approx(0, abs=1e-12)
+
+
+def test_p_values_print_as_tables_need_them():
+    from irlm.eval.compare import format_p
+
+    assert [format_p(p) for p in (1.0, 0.01234, 3e-5, 0.0)] == ["1.0000", "0.0123", "3.0e-05", "<1e-15"]
