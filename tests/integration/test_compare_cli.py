@@ -96,3 +96,19 @@ def test_bad_input_is_one_line(runs, tmp_path, case, message):
     out = irlm("compare", *args[case], "--data", "scifact")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert message in out.stderr.replace("\n", "")
+
+
+def test_a_saved_system_is_searched_on_the_split(tmp_path, toy_beir):
+    """A folder is any saved system (load_retriever): searched for the split's queries, then compared."""
+    from irlm.index import BM25Retriever
+
+    ds = load_dataset(str(toy_beir))
+    system = BM25Retriever.build(ds.corpus)
+    system.save(tmp_path / "bm25")
+    write_trec(system.search(ds.split_queries("test"), 5), tmp_path / "bm25.trec")
+    out = irlm("compare", str(tmp_path / "bm25.trec"), str(tmp_path / "bm25"), "--data", str(toy_beir), "--k", "5",
+               "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    base, saved = json.loads(out.stdout)["rows"]
+    assert saved["system"] == str(tmp_path / "bm25") and saved["mean"] == base["mean"]
+    assert saved["ties"] == 3 and saved["p_randomization"] == 1.0
