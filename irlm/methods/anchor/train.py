@@ -128,7 +128,8 @@ def train(cfg: AnchorConfig) -> dict:
         encoder.model.to(torch.bfloat16)
     built = {}  # dev and test queries of one corpus search one index of it
     metrics, _ = evaluate_dev(encoder, cfg.data, cfg.train_split, held_out, cfg.output_dir, built=built)
-    metrics.update(evaluate_encoder(encoder, cfg.eval_data, built=built))
+    # each test run kept (DATA.trec) so `irlm compare` / `irlm report` can test I+II against II per query
+    metrics.update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, built=built))
     results = {"config": asdict(cfg), "examples": len(examples), "metrics": metrics,
                "final_loss": {k: v[-1] for k, v in history.items() if v}}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
