@@ -185,12 +185,18 @@ def metrics_chart(rows: list[dict], out: Path) -> Path | None:
         return None
     plt = _pyplot()
     panels = list(dict.fromkeys(base_data(r["data"]) for r in points))
-    sizes = [sum(base_data(r["data"]) == d for r in points) for d in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.0 + 0.95 * n for n in sizes) + 1, 4.2), squeeze=False,
-                             width_ratios=[1.0 + 0.95 * n for n in sizes], layout="constrained")  # fmt: skip
+    widths = [1.0 + 0.95 * sum(base_data(r["data"]) == d for r in points) for d in panels]  # inches: ~1 per bar
+    cols = len(panels) if len(panels) <= 3 else 3  # more data sets wrap into rows of three equal panels
+    if cols < len(panels):
+        widths = [max(widths)] * cols
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(sum(widths) + 1, 4.2 * rows_n), squeeze=False,
+                             width_ratios=widths, layout="constrained")  # fmt: skip
     kinds = set()
     for ax, data in zip(axes.flat, panels):
         kinds |= metrics_panel(ax, [r for r in points if base_data(r["data"]) == data], data)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     handles = [Patch(color=COLOURS[k], label=LEGEND[k]) for k in COLOURS if k in kinds]
     if "baseline" in kinds:
         handles.append(Line2D([], [], color="#555", ls="--", label="baseline value"))

@@ -283,3 +283,39 @@ def test_a_trained_retrievers_runs_are_kept_for_the_report(tmp_path, toy_beir, l
     for suffix in ("", "+bm25", "+bm25-weighted"):
         run = read_trec(tmp_path / "runs" / f"{name}{suffix}.trec")
         assert evaluate(run, qrels) == pytest.approx(metrics[f"{toy_beir}{suffix}"], abs=1e-6)
+
+
+def test_the_chart_has_a_panel_per_data_set_values_on_bars_and_the_baseline_line(monkeypatch, tmp_path):
+    from irlm.eval import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, plt, path: figures.append(fig) or path)
+    rows = [{"system": "bm25", "stage": "bm25", "data": "scifact", "ndcg@10": 0.6762, "baseline": True},
+            {"system": "retriever", "stage": "retriever", "data": "scifact+bm25-weighted", "ndcg@10": 0.6895,
+             "vs": {"significant": True, "diff": 0.0133}},
+            {"system": "minilm-l6", "stage": "minilm", "data": "scifact", "ndcg@10": 0.6443,
+             "vs": {"significant": False, "diff": -0.03}},
+            {"system": "bm25", "stage": "bm25c", "data": "cranfield", "ndcg@10": 0.3515, "baseline": True},
+            {"system": "retriever", "stage": "retriever", "data": "scifact-dev", "ndcg@10": 0.43}]  # fmt: skip
+    report.metrics_chart(rows, tmp_path)
+    (fig,) = figures
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["scifact", "cranfield", "scifact-dev"]
+    scifact, cranfield, dev = axes
+    assert [t.get_text() for t in scifact.texts] == ["0.676", "0.690*", "0.644"]  # values, * where significant
+    assert [t.get_text() for t in scifact.get_xticklabels()] == ["bm25", "retriever+bm25-weighted", "minilm-l6"]
+    assert [line.get_ydata()[0] for line in scifact.lines] == [0.6762]  # the baseline, dashed across the panel
+    assert [line.get_ydata()[0] for line in cranfield.lines] == [0.3515] and len(dev.lines) == 0
+    colours = [tuple(round(c, 3) for c in bar.get_facecolor()[:3]) for bar in scifact.patches]
+    assert len(set(colours)) == 3  # baseline, significantly better, not significant
+    assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1  # the legend is off the data
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["baseline", "above it, p < 0.05 (Holm)", "no significant difference, or not compared",
+                      "baseline value"]  # fmt: skip
+
+
+def test_top_docs_rank_by_score_ties_in_run_order():
+    from irlm.eval.significance import top_docs
+
+    # a TREC file from another tool need not list documents in score order
+    assert top_docs({"a": 1.0, "b": 3.0, "c": 2.0, "d": 3.0}, 3) == [("b", 3.0), ("d", 3.0), ("c", 2.0)]
