@@ -685,11 +685,16 @@ def run_cmd(
     recipe: Path = typer.Argument(..., help="Pipeline recipe YAML with named stages (see recipes/quickstart.yaml)."),
     force: bool = typer.Option(False, "--force", help="Ignore finished stages and run everything again (and "
                                "replace an irlm folder of another kind at run_dir or a stage's folder)."),
+    check: bool = typer.Option(False, "--check", help="Exit with status 1 when a number differs from the recipe's "
+                               "`expected:` by more than its tolerance (the lines are printed either way)."),
 ) -> None:
-    """Run a recipe's stages into one run directory; finished, unchanged stages are skipped."""
+    """Run a recipe's stages into one run directory; finished, unchanged stages are skipped. Each number of
+    the recipe's `expected:` is then compared with what was measured, one PASS/FAIL line each."""
+    from irlm.eval.expected import check_expected, check_line
     from irlm.eval.report import headline, metric_rows
-    from irlm.pipeline import run_pipeline
+    from irlm.pipeline import expectations, run_pipeline
 
+    expected = expectations(recipe)  # read first: a malformed block fails before any stage runs
     state = run_pipeline(recipe, force=force)
     table = Table("system", "data", "metric", "value")
     for row in metric_rows(state):
@@ -700,6 +705,11 @@ def run_cmd(
     for rec in state.values():
         if rec["kind"] == "report":
             print(rec["result"]["report"])
+    rows = check_expected(expected, state)
+    for row in rows:
+        err.print(check_line(row), markup=False, highlight=False)
+    if check and not all(row["ok"] for row in rows):
+        raise typer.Exit(1)
 
 
 @app.command("report")
