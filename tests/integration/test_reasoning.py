@@ -594,3 +594,26 @@ def test_reasoning_lr_follows_a_cosine_after_warm_up(tmp_path):
     want = [0.5 * (1 + math.cos(math.pi * (s - warm) / (40 - warm))) if s >= warm else (s + 1) / warm
             for s in range(40)]  # fmt: skip
     assert [row["lr"] for row in history] == pytest.approx(want, abs=1e-9)
+
+
+def test_teacher_keywords_are_cut_to_whole_keywords_within_the_budget(emb):
+    from irlm.methods.reasoning.train import fit_budget
+
+    ex = {"query": "tea", "reasoning": "cold, lemonade, iced, fizzy, sparkling water, citrus, mint"}
+    cut = fit_budget(ex, emb)["reasoning"]
+    assert ex["reasoning"].startswith(cut) and cut.split(", ") == ex["reasoning"].split(", ")[: len(cut.split(", "))]
+    assert len(emb.ids(" " + cut)) <= emb.reasoning_tokens  # 6 here
+    longer = ", ".join(ex["reasoning"].split(", ")[: len(cut.split(", ")) + 1])
+    assert len(emb.ids(" " + longer)) > emb.reasoning_tokens  # as many whole keywords as fit, not fewer
+    assert fit_budget({"query": "q", "reasoning": "q"}, emb)["reasoning"] == "q"  # the query ablation passes
+    assert fit_budget({"query": "q", "reasoning": None}, emb)["reasoning"] is None
+
+
+def test_sft_only_cold_start_steps_skip_the_documents(emb, monkeypatch):
+    task = tasks.ColdStartTask(emb, lambda_sft=1.0, lambda_nce=0.0)
+    widths = []
+    real = emb.forward
+    monkeypatch.setattr(emb, "forward", lambda rows, **kw: widths.append(len(rows)) or real(rows, **kw))
+    parts = task.step(EXAMPLES)
+    assert widths == [2] and "infonce" not in parts and parts["sft"] > 0  # the queries' forward only
+    assert emb.model.get_input_embeddings().weight.grad[emb.end].abs().sum() > 0

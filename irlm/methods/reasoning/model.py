@@ -31,7 +31,7 @@ class ReasoningEmbedder:
         if missing:
             spelled = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in missing}  # before they exist
             tokenizer.add_special_tokens({"additional_special_tokens": missing})
-            model.resize_token_embeddings(len(tokenizer))
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # init_markers sets the rows
             init_markers(model, {tokenizer.convert_tokens_to_ids(t): ids for t, ids in spelled.items()})
         self.think, self.end, self.emb = (tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE, EMB))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -71,14 +71,16 @@ class ColdStartTask:
         built = [self.emb.query_ids(ex["query"], ex.get("reasoning")) for ex in examples]
         rows = [r for r, _ in built]
         q, hidden, ids, _ = self.emb.forward(rows, hidden=True)
-        d = self.emb.forward([self.emb.doc_ids(ex["positive"]) for ex in examples])[0]
         # through </think><emb>: a model that never learns to close its reasoning and emit <emb> writes
         # prose until the token budget runs out, and GRPO's format reward stays 0 for every sample
         sft = reasoning_sft(self.emb.span_logprobs(hidden, ids, [(s, len(r)) for r, s in built]))
-        nce = info_nce(q, d, self.temperature)
-        ((self.weight * sft + self.lambda_nce * nce) * scale).backward()
-        probed = {} if self.closed is None else {"closed": self.closed}
-        return {"sft": sft.item(), "infonce": nce.item(), "lambda_sft": self.weight, **probed}
+        loss, parts = self.weight * sft, {"sft": sft.item(), "lambda_sft": self.weight}
+        if self.lambda_nce:  # lambda_nce 0: SFT-only steps on the thoughts, without the documents' forward
+            d = self.emb.forward([self.emb.doc_ids(ex["positive"]) for ex in examples])[0]
+            nce = info_nce(q, d, self.temperature)
+            loss, parts["infonce"] = loss + self.lambda_nce * nce, nce.item()
+        (loss * scale).backward()
+        return {**parts, **({} if self.closed is None else {"closed": self.closed})}
 
     def save(self, folder) -> None:
         self.emb.save(folder)

@@ -154,6 +154,22 @@ def replace_reasoning(examples: list[dict], source: str, seed: int = 0) -> list[
     return [{**ex, "reasoning": fill(ex)} for ex in examples]
 
 
+def fit_budget(example: dict, emb: ReasoningEmbedder) -> dict:
+    """The example with its keyword reasoning cut to the whole keywords that fit in reasoning_tokens (LREM:
+    reasoning of at most 16 tokens), not cut mid-word at the budget: the teacher-forced thought then ends
+    where a thought can end, so the model learns to close after a keyword list, not to count to 16. A first
+    keyword longer than the budget alone is kept (query_ids cuts it); ablations other than keywords pass."""
+    words = _keywords(example.get("reasoning"))
+    if len(words) < 2:
+        return example
+    kept = words[:1]
+    for word in words[1:]:
+        if len(emb.ids(" " + render([*kept, word]))) > emb.reasoning_tokens:
+            break
+        kept.append(word)
+    return {**example, "reasoning": render(kept)}
+
+
 def _keywords(reasoning: str | None) -> list[str]:
     """The keywords of a rendered reasoning (keywords.render's inverse); an ablation's None has none."""
     return [w for w in (reasoning or "").split(", ") if w]
@@ -183,7 +199,8 @@ def train(cfg: ReasoningConfig) -> dict:
     if cfg.stage == "coldstart":
         examples = replace_reasoning(read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split),
                                      cfg.reasoning, cfg.seed)  # fmt: skip
-        examples = [ex for ex in examples if ex["query_id"] not in dev]
+        keywords = cfg.reasoning in ("teacher", "random")  # the other fillers are no keyword lists
+        examples = [fit_budget(ex, emb) if keywords else ex for ex in examples if ex["query_id"] not in dev]
         task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature, probe=list(dev.values()),
                              probe_every=cfg.probe_every, lambda_sft_early=cfg.lambda_sft_early,
                              early_steps=cfg.sft_early_steps)  # fmt: skip
