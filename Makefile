@@ -24,7 +24,7 @@ setup: $(BIN)/.installed
 # The main job (recipes/quickstart.yaml): the two reference rows, a SmolLM2 retriever trained on
 # cached activations and its hybrid with BM25, and a report; ends with the report's path and the table.
 quickstart: setup
-	$(BIN)/irlm run recipes/quickstart.yaml
+	$(BIN)/irlm run recipes/quickstart.yaml $(QUICKSTART_FLAGS)
 
 # two workers, one per core (most tests run one thread); loadfile keeps a file's tests, in order, on one worker
 test: setup

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,10 +233,12 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
             kind = STAGE_OUTPUT.get(st["kind"], "stage")
             claim(folder, h, kind, fresh=force)
             settings = {k: v for k, v in st.items() if k not in ("name", "kind")}
+            start = time.perf_counter()
             result = STAGES[st["kind"]](resolve_refs(settings, folders), folder, run_dir)
+            seconds = round(time.perf_counter() - start, 1)  # this run's share: a resumed stage counts its rest
             if folder.is_dir() and not _stage_folder(folder):  # an index stage's save wrote its marker anew
                 mark_as_irlm(folder, folder_kind(folder) or kind, stage=folder.name)
-            state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result}
+            state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result, "seconds": seconds}
             write_json(state_path, state)  # atomic: a kill never leaves a half-written record
         hashes[st["name"]] = h
     for name in [n for n in state if n not in folders]:

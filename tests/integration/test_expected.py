@@ -52,3 +52,5 @@ def test_irlm_run_prints_the_check_and_check_sets_the_exit_status(tmp_path, toy_
     assert out.returncode == code, out.stderr[-2000:]
     verdict = "PASS" if value is None else "FAIL"
     assert f"{verdict} bm25 toy ndcg@10 {real:.4f}" in out.stderr
+    state = yaml.safe_load((tmp_path / "run" / "state.json").read_text())
+    assert 0 <= state["bm25"]["seconds"] < 600  # each stage's wall time, for bench/quickstart.sh
