@@ -36,6 +36,11 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _home(path: Path | None) -> Path | None:
+    """An output path with `~` expanded as the shell would: a quoted "~/runs/x" must not make a folder named ~."""
+    return path.expanduser() if path is not None else None
+
+
 def _encoder_options(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -72,7 +77,7 @@ def data_show(name: str) -> None:
 @app.command()
 def encode(
     data: str = DataOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for the embeddings (an exact dense index)."),
+    out: Path = typer.Option(..., "--out", callback=_home, help="Folder for the embeddings (an exact dense index)."),
     model: str = ModelOpt,
     backend: str = typer.Option("exact", help="exact, flat or hnsw."),
     batch_size: int | None = typer.Option(None, help="Texts per forward pass."),
@@ -91,6 +96,7 @@ def encode(
     from irlm.train.loop import init_distributed, world
 
     _check_encoder_flags(backend, batch_size, dtype, device, pooling)
+    opt.at_least(max_length, 1, "--max-length")
     check_output(out, folder=True, kind="index", force=force)
     init_distributed()
     if device is None and world()[1] > 1 and _cuda():
@@ -119,7 +125,8 @@ def _cuda() -> int:
 
 @app.command()
 def index(
-    out: Path = typer.Option(..., "--out", help="Index folder to write."),
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", callback=_home, help="Index folder to write."),
     data: str | None = typer.Option(None, "--data", help="Dataset to index (bm25, dense)."),
     retriever: str = typer.Option("bm25", help="bm25, dense, hybrid (bm25 + dense), or reasoning (--model: a "
                                   "reasoning model folder)."),  # fmt: skip
@@ -135,8 +142,9 @@ def index(
 ) -> None:
     """Build a BM25, dense, hybrid or reasoning index; or convert saved embeddings to a FAISS backend."""
     opt.one_of(retriever, opt.BUILT, "--retriever")
-    fusion, weight = opt.fusion(retriever, fusion, weight)
     _check_encoder_flags(backend, None, None, device)
+    _refuse_unused(ctx, *_index_unused(retriever, embeddings))
+    fusion, weight = opt.fusion(retriever, fusion, weight)
     check_output(out, folder=True, kind="index", force=force)
     if embeddings:
         from irlm.index import DenseIndex
@@ -161,7 +169,7 @@ def search(
     data: str | None = typer.Option(None, "--data", help="Search this dataset's split (model folders: its corpus)."),
     split: str = typer.Option("test", help="Split whose judged queries are searched."),
     k: int = typer.Option(10, help="Results per query."),
-    out: Path | None = typer.Option(None, "--out", help="TREC run file to write."),
+    out: Path | None = typer.Option(None, "--out", callback=_home, help="TREC run file to write."),
     device: str | None = DeviceOpt,
 ) -> None:
     """Search any saved system with one query or a dataset's queries."""
@@ -176,12 +184,18 @@ def search(
     retriever = load_retriever(index, device, data)
     if query is not None:
         for rank, (doc, score) in enumerate(retriever.search({"q": query}, k)["q"].items(), start=1):
-            print(f"{rank}\t{doc}\t{score:.4f}")
+            print(f"{rank}\t{printable(doc)}\t{score:.4f}")
         return
     from irlm.eval import write_trec
 
     write_trec(retriever.search(_split_queries(data, split), k), out)
     err.print(f"wrote {out}")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: control characters (an escape sequence in an id from an older index) and lone
+    surrogates shown as Python escapes, not sent as they are."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _split_queries(data: str, split: str):
@@ -195,6 +209,7 @@ def _split_queries(data: str, split: str):
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     data: str = DataOpt,
     split: str = typer.Option("test", help="Qrels split."),
     retriever: str = typer.Option("bm25", help="bm25, dense, hybrid (bm25 + dense) or reasoning."),
@@ -204,7 +219,8 @@ def eval_cmd(
     fusion: str | None = typer.Option(None, help="Hybrid fusion: rrf (default) or weighted."),
     weight: float | None = typer.Option(None, help="Weighted fusion: weight of the dense run, default 0.5."),
     k: int = typer.Option(1000, help="Retrieval depth."),
-    out_run: Path | None = typer.Option(None, "--out-run", help="Also write the run as a TREC file."),
+    out_run: Path | None = typer.Option(None, "--out-run", callback=_home,
+                                        help="Also write the run as a TREC file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line of metrics as the last line."),
     dtype: str | None = typer.Option(None, help="Dense encoder precision: auto, bf16 or fp32."),
     device: str | None = DeviceOpt,
@@ -216,6 +232,7 @@ def eval_cmd(
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
 
+    _refuse_unused(ctx, *_eval_unused(retriever, run, index))
     fusion, weight = _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
     ds = load_dataset(data)
     if split not in ds.qrels:
@@ -251,11 +268,45 @@ def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run,
     return fusion, weight
 
 
+def _index_unused(retriever: str, embeddings) -> tuple[tuple[str, ...], str]:
+    """The flags `irlm index` would ignore in this mode, and why."""
+    if embeddings:
+        return ("data", "retriever", "model", "fusion", "weight", "device"), \
+            "does not apply with --embeddings: the saved vectors are re-indexed as they are"
+    if retriever == "bm25":
+        return ("model", "backend", "device"), "does not apply to --retriever bm25, which has no encoder or vectors"
+    return (), ""
+
+
+def _eval_unused(retriever: str, run, index) -> tuple[tuple[str, ...], str]:
+    """The flags `irlm eval` would ignore in this mode, and why."""
+    if run:
+        return ("retriever", "model", "index", "fusion", "weight", "k", "dtype", "device"), \
+            "does not apply with --run: the run file is scored as it is"
+    if index:
+        return ("retriever", "model", "fusion", "weight"), "does not apply with --index: the saved system is " \
+            "evaluated as it was saved (--dtype and --device do apply)"
+    if retriever == "bm25":
+        return ("model", "dtype", "device"), "does not apply to --retriever bm25, which has no encoder"
+    if retriever == "reasoning":
+        return ("dtype",), "does not apply to --retriever reasoning: its model folder sets the precision"
+    return (), ""
+
+
+def _refuse_unused(ctx: typer.Context, names: tuple[str, ...], why: str) -> None:
+    """Refuse a flag given on the command line that this mode would ignore: a silently ignored --dtype or
+    --backend reports numbers of another system than the command line names."""
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # by name: typer's click and click's own are two enums
+        if param.name in names and source is not None and source.name != "DEFAULT":
+            raise InputError(f"{param.opts[0]} {why}")
+
+
 def _system(kind, data, model, device, index, fusion, weight, enc_opts):
     from irlm.systems import build_retriever, load_retriever
 
     if index:
-        return load_retriever(index, device, data)
+        return load_retriever(index, device, data, **enc_opts)
     return build_retriever(kind, data, model, device, fusion=fusion, weight=weight, **enc_opts)
 
 
@@ -336,7 +387,7 @@ def _compare_table(rows: list[dict], baseline: str) -> Table:
 @app.command()
 def fuse(
     runs: list[Path] = typer.Argument(..., help="TREC run files."),
-    out: Path = typer.Option(..., "--out", help="Fused TREC run file."),
+    out: Path = typer.Option(..., "--out", callback=_home, help="Fused TREC run file."),
     method: str = typer.Option("rrf", help="rrf or weighted."),
     weights: str | None = typer.Option(None, help="Comma-separated weights for weighted fusion."),
 ) -> None:
@@ -359,7 +410,8 @@ def export_cmd(
     model_dir: str = typer.Argument(..., help="Encoder folder saved by irlm (or any model name irlm loads)."),
     fmt: str = typer.Option("sentence-transformers", "--format",
                             help="sentence-transformers, or onnx (the same folder plus onnx/model.onnx)."),
-    out: Path = typer.Option(..., "--out", help="A new or empty folder, or an earlier export, to write."),
+    out: Path = typer.Option(..., "--out", callback=_home,
+                             help="A new or empty folder, or an earlier export, to write."),
     force: bool = ForceOpt,
 ) -> None:
     """Export an encoder that SentenceTransformer(DIR) or onnxruntime loads, encoding to irlm's vectors."""
@@ -459,7 +511,7 @@ def train_reasoning(
 def augment(
     strategy: str = typer.Option(..., "--strategy", help="crop | qgen | rerank | triplet (DRAMA, METHODS.md §2)."),
     data: str = DataOpt,
-    out: Path = typer.Option(..., "--out", help="Training JSONL; appended to, so a rerun resumes."),
+    out: Path = typer.Option(..., "--out", callback=_home, help="Training JSONL; appended to, so a rerun resumes."),
     teacher: str | None = typer.Option(None, help="Model name/folder, or http://host:port/v1[#model] "
                                                   "[default: smollm2-135m]."),
     retriever: str | None = typer.Option(None, help="bm25, dense:<model> or an index folder [default: bm25]."),
@@ -606,7 +658,8 @@ def sr_search(
     data: str | None = typer.Option(None, "--data", help="Corpus [default: the one it was trained on]."),
     split: str = typer.Option("test", help="With --out: the split whose judged queries are searched."),
     k: int = typer.Option(10, help="Results per query."),
-    out: Path | None = typer.Option(None, "--out", help="TREC run file to write for all queries of --split."),
+    out: Path | None = typer.Option(None, "--out", callback=_home,
+                                    help="TREC run file to write for all queries of --split."),
     device: str | None = DeviceOpt,
 ) -> None:
     """Trie-constrained retrieval with self-assessment scores."""
@@ -616,7 +669,7 @@ def sr_search(
     retriever, data = _self_retriever(model, data, device)
     if query is not None:
         for rank, c in enumerate(retriever.candidates(query)[:k], start=1):
-            print(f"{rank}\t{c.doc_id}\t{c.score:.4f}\t{retriever.tokenizer.decode(c.entry)[:80]!r}")
+            print(f"{rank}\t{printable(c.doc_id)}\t{c.score:.4f}\t{retriever.tokenizer.decode(c.entry)[:80]!r}")
         return
     if not out:
         raise InputError("give --query, or --out to write a run file")
@@ -646,7 +699,7 @@ def sr_answer(
 @app.command()
 def mine(
     data: str = DataOpt,
-    out: Path = typer.Option(..., "--out", help="Training examples JSONL to write."),
+    out: Path = typer.Option(..., "--out", callback=_home, help="Training examples JSONL to write."),
     split: str = typer.Option("train", help="Qrels split whose queries become examples."),
     retriever: str = typer.Option("bm25", help="Who mines negatives: bm25, dense or reasoning."),
     model: str = ModelOpt,

@@ -37,6 +37,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from starlette.exceptions import HTTPException
 
 from irlm.batching import MicroBatcher, closing_lifespan
+from irlm.data.beir import ID_RULE, id_problem, text_problem
 from irlm.errors import InputError
 from irlm.models.generator.server import (
     MAX_BODY_BYTES,
@@ -134,11 +135,27 @@ class EmbeddingsRequest(BaseModel):
     _token_ids = field_validator("input", mode="before")(no_token_ids)
 
 
+def valid_id(value: str) -> str:
+    """The BEIR reader's id rule: an id that breaks it would break the TREC files `irlm search --out` writes."""
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(f"{ID_RULE}; {problem}")
+    return value
+
+
+def storable(text: str | None) -> str | None:
+    """No lone surrogate (a JSON escape such as \\ud800): the index could not be saved as UTF-8."""
+    problem = text_problem(text) if text else None
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
 class NewDocument(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
-    id: Text
-    text: Text
-    title: str | None = None
+    id: Annotated[str, AfterValidator(valid_id)]
+    text: Annotated[Text, AfterValidator(storable)]
+    title: Annotated[str | None, AfterValidator(storable)] = None
 
 
 def unique_ids(docs: list[NewDocument]) -> list[NewDocument]:

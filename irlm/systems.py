@@ -21,26 +21,30 @@ from irlm.options import BUILT  # what build_retriever makes from a dataset and 
 LEGACY_FILES = {"selfretrieval.json": "selfretrieval", "irlm_reasoning.json": "reasoning"}
 
 
-def _bm25(folder: Path, device, data):
+def _bm25(folder: Path, device, data, settings):
     from irlm.index.retrievers import BM25Retriever
 
     return BM25Retriever.load(folder)
 
 
-def _dense(folder: Path, device, data):
+def _dense(folder: Path, device, data, settings):
     from irlm.index.retrievers import DenseRetriever
 
-    return DenseRetriever.load(folder, device=device)
+    return DenseRetriever.load(folder, device=device, **settings)
 
 
-def _hybrid(folder: Path, device, data):
+def _hybrid(folder: Path, device, data, settings):
     from irlm.index.retrievers import HybridRetriever
 
-    # parts may be any saved system (BM25 with a reasoning index, say), so they open through this registry
-    return HybridRetriever.load(folder, device=device, open_part=lambda f, d: load_retriever(f, d, data))
+    # parts may be any saved system (BM25 with a reasoning index, say), so they open through this registry;
+    # encoder settings go to the parts that have an encoder
+    def open_part(part: Path, device):
+        return load_retriever(part, device, data, **(settings if has_encoder(part) else {}))
+
+    return HybridRetriever.load(folder, device=device, open_part=open_part)
 
 
-def _selfretrieval(folder: Path, device, data):
+def _selfretrieval(folder: Path, device, data, settings):
     from irlm.data import load_dataset
     from irlm.methods.selfretrieval.retriever import CONFIG_FILE, SelfRetriever
 
@@ -51,7 +55,7 @@ def _selfretrieval(folder: Path, device, data):
     return SelfRetriever.load(folder, load_dataset(data).corpus, device)
 
 
-def _reasoning(folder: Path, device, data):
+def _reasoning(folder: Path, device, data, settings):
     from irlm.methods.reasoning.retriever import ReasoningRetriever
 
     return ReasoningRetriever.load(folder, device, data)
@@ -80,10 +84,27 @@ def system_kind(folder) -> str:
                      str(folder))  # fmt: skip
 
 
-def load_retriever(folder, device: str | None = None, data: str | None = None):
+def load_retriever(folder, device: str | None = None, data: str | None = None, **encoder):
     """Open any saved system. `data` names a corpus for model folders that need one (a Self-Retrieval
-    model defaults to the corpus it memorised; a reasoning model embeds it on load)."""
-    return LOADERS[system_kind(folder)](Path(folder), device, data)
+    model defaults to the corpus it memorised; a reasoning model embeds it on load). `encoder` settings
+    (dtype="fp32") replace the saved encoder's for this load; a system without an LLMEncoder refuses them
+    rather than ignore them."""
+    kind = system_kind(folder)
+    if encoder and not has_encoder(folder):
+        raise InputError(f"{folder} is a {kind} system without a dense encoder, so {', '.join(encoder)} cannot "
+                         "apply to it")  # fmt: skip
+    return LOADERS[kind](Path(folder), device, data, encoder)
+
+
+def has_encoder(folder) -> bool:
+    """Whether a saved system embeds queries with an LLMEncoder: a dense index, or a hybrid with a dense part."""
+    from irlm.index.retrievers import read_hybrid_meta
+
+    kind = system_kind(folder)
+    if kind == "hybrid":
+        parts = read_hybrid_meta(Path(folder))["parts"]
+        return any(has_encoder(Path(folder) / f"part{n}") for n in range(parts))
+    return kind == "dense"
 
 
 def build_retriever(kind: str, data: str, model: str = "minilm-l6", device: str | None = None,

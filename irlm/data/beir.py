@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,53 @@ from irlm.types import Corpus, Dataset, Document, Qrels, Queries
 from irlm.utils import atomic_path
 
 log = logging.getLogger(__name__)
+
+# an id is a whitespace-separated field of TREC runs and qrels, a URL path segment and a terminal line:
+# whitespace would split it, a control character would reach the terminal, a lone surrogate cannot be
+# written as UTF-8 at all
+_BAD_ID_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+ID_RULE = "must be non-empty and without whitespace, control characters or lone surrogates"
+
+
+def id_problem(value) -> str | None:
+    """Why `value` cannot be a document or query id, or None: the one id rule (ID_RULE) of the BEIR reader, the
+    index APIs and the server.
+
+        >>> id_problem("doc-1") is None, id_problem("a b")
+        (True, "'a b' has whitespace (' ') at character 2")
+    """
+    if not isinstance(value, str):
+        return f"{shown(value)} is not a string but {type(value).__name__}"
+    if not value:
+        return "'' is empty"
+    bad = _BAD_ID_CHAR.search(value)
+    if bad is None:
+        return None
+    char = bad.group()
+    kind = "whitespace" if char.isspace() else "a lone surrogate" if _SURROGATE.match(char) else "a control character"
+    return f"{shown(value)} has {kind} ({char!r}) at character {bad.start() + 1}"
+
+
+def validate_ids(ids, what: str = "document id") -> None:
+    """Raise InputError for the first id that breaks the id rule, naming it and why: `["d1", "d\\n2"]` gives
+    "document id must be non-empty and without whitespace, ...; 'd\\n2' has whitespace ('\\n') at character 2"."""
+    for value in ids:
+        problem = id_problem(value)
+        if problem:
+            raise InputError(f"{what} {ID_RULE}; {problem}")
+
+
+def text_problem(value: str) -> str | None:
+    """Why a text cannot be stored, or None: a lone surrogate (from a JSON escape such as \\ud800) has no UTF-8."""
+    bad = _SURROGATE.search(value)
+    return None if bad is None else f"has a lone surrogate ({bad.group()!r}) at character {bad.start() + 1}"
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value as a quoted, escaped literal (control characters and surrogates as \\x.. escapes), cut to `limit`."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -27,9 +75,30 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path, lineno) from None
+        except RecursionError:  # a line such as [[[[...]]]] nested deeper than the parser's stack
+            raise InputError("malformed JSON (nested too deeply)", path, lineno) from None
         if not isinstance(obj, dict):
             raise InputError("expected a JSON object", path, lineno)
         yield lineno, obj
+
+
+def read_json_file(path: str | Path, expect: type = dict):
+    """A whole-file JSON document (a state.json, a results.json) that must be of type `expect`, or one InputError
+    naming the file and line: truncated, nested deeper than the parser's stack, not UTF-8, or another type."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path, e.lineno) from None
+    except RecursionError:
+        raise InputError("malformed JSON (nested too deeply)", path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 ({e.reason} at byte {e.start + 1})", path) from None
+    if not isinstance(value, expect):
+        raise InputError(f"expected a JSON {JSON_NAMES.get(expect, expect.__name__)}, got {type(value).__name__}", path)
+    return value
+
+
+JSON_NAMES = {dict: "object", list: "array", str: "string"}
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -54,9 +123,10 @@ def _field(obj: dict, name: str, path, lineno: int, required: bool = True) -> st
         return str(value)  # some BEIR mirrors write numeric ids
     if not isinstance(value, str):
         raise InputError(f"must be a string, got {type(value).__name__}", path, lineno, name)
-    if name == "_id" and (not value or any(c.isspace() for c in value)):
-        # TREC run files and qrels are split on whitespace: such an id could never be read back
-        raise InputError(f"must be non-empty and without whitespace, got {value!r}", path, lineno, name)
+    if name == "_id" and id_problem(value):
+        raise InputError(f"{ID_RULE}; {id_problem(value)}", path, lineno, name)
+    if text_problem(value):  # the id, title or text could never be written back as UTF-8
+        raise InputError(text_problem(value), path, lineno, name)
     return value
 
 

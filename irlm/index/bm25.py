@@ -7,6 +7,7 @@ add / remove / update. Saved as bm25s' own pickle-free arrays plus texts.jsonl a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,10 +21,15 @@ import numpy as np  # noqa: E402
 import Stemmer  # noqa: E402
 from bm25s.tokenization import _infer_stopwords  # noqa: E402  (private; tests/unit/test_bm25_index.py pins it)
 
+from irlm.data.beir import text_problem, validate_ids  # noqa: E402
 from irlm.errors import InputError  # noqa: E402
 from irlm.index.check import damaged, load_array, read_json, read_meta  # noqa: E402
 from irlm.types import Run
 from irlm.utils import atomic_path
+
+# bm25s sets its own logger to DEBUG on import, so its "Building index from tokens" printed at every default
+# run; NOTSET makes it follow the application's level (`irlm -v` shows it)
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s.tokenize's default, as scikit-learn's CountVectorizer
 SPLIT = re.compile(TOKEN_PATTERN).findall
@@ -59,6 +65,8 @@ class BM25Index:
                               return_ids=False, show_progress=progress)  # fmt: skip
 
     def add(self, ids: list[str], texts: list[str]) -> None:
+        validate_ids(ids)
+        check_texts(ids, texts)
         known = set(self.ids)
         dup = next((i for i in ids if i in known), None)
         if dup is not None or len(set(ids)) != len(ids):
@@ -68,6 +76,7 @@ class BM25Index:
         self._bm25 = None
 
     def update(self, ids: list[str], texts: list[str]) -> None:
+        check_texts(ids, texts)
         pos = {doc_id: n for n, doc_id in enumerate(self.ids)}
         for doc_id, text in zip(ids, texts):
             if doc_id not in pos:
@@ -87,8 +96,9 @@ class BM25Index:
         twin.ids, twin.texts = list(self.ids), list(self.texts)
         return twin
 
-    def _index(self, progress: bool = True):
+    def _index(self, progress: bool | None = None):
         if self._bm25 is None:
+            progress = verbose() if progress is None else progress
             if not self.ids:
                 raise InputError("BM25 index is empty: add documents before searching")
             tokens = self._tokenize(self.texts, progress)
@@ -99,7 +109,9 @@ class BM25Index:
             self._bm25.index(tokens, show_progress=progress)
         return self._bm25
 
-    def build(self, progress: bool = True) -> BM25Index:
+    def build(self, progress: bool | None = None) -> BM25Index:
+        """Index the documents now. progress: bm25s' seven progress bars, by default only at debug logging
+        (`irlm -v`): indexing SciFact takes seconds, and the bars would bury the one line a command prints."""
         self._index(progress)
         return self
 
@@ -149,6 +161,18 @@ class BM25Index:
         index.ids, index.texts = [r["_id"] for r in rows], [r["text"] for r in rows]
         index._bm25 = load_bm25s(folder, len(rows))
         return index
+
+
+def verbose() -> bool:
+    return logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+
+
+def check_texts(ids: list[str], texts: list[str]) -> None:
+    """Texts texts.jsonl can hold: a lone surrogate would fail the save after the whole index was built."""
+    for doc_id, text in zip(ids, texts):
+        problem = text_problem(text) if isinstance(text, str) else f"is not a string but {type(text).__name__}"
+        if problem:
+            raise InputError(f"the text of document '{doc_id}' {problem}")
 
 
 def read_texts(folder: Path) -> list[dict]:

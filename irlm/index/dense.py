@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from irlm.data.beir import validate_ids
 from irlm.errors import InputError
 from irlm.index.check import check_ids, damaged, digest, load_array, read_json, read_meta
 from irlm.options import BACKENDS  # one list for the CLI checks and the index
@@ -87,6 +88,7 @@ class DenseIndex:
         return vectors
 
     def add(self, ids: list[str], vectors: np.ndarray) -> None:
+        validate_ids(ids)  # the id rule of the BEIR reader: every id must round-trip through a TREC file
         vectors = self._check(ids, vectors)
         dup = next((i for i in ids if i in self._pos), None)
         if dup is None and len(set(ids)) != len(ids):

@@ -9,7 +9,7 @@ from pathlib import Path
 from irlm.errors import InputError
 from irlm.index import fusion
 from irlm.index.bm25 import BM25Index
-from irlm.index.check import read_json, read_meta
+from irlm.index.check import damaged, read_json, read_meta
 from irlm.types import Corpus, Queries, Run
 from irlm.utils import atomic_path
 
@@ -63,7 +63,8 @@ class DenseRetriever:
         self.index.save(folder)
 
     @classmethod
-    def load(cls, folder, device: str | None = None, encoder=None) -> DenseRetriever:
+    def load(cls, folder, device: str | None = None, encoder=None, **settings) -> DenseRetriever:
+        """`settings` change the saved encoder's (dtype="fp32", say) for this load; the folder is not changed."""
         from irlm.index.dense import DenseIndex
         from irlm.models.encoder import LLMEncoder
 
@@ -73,7 +74,7 @@ class DenseRetriever:
             cfg.pop("trust_remote_code", None)  # never taken from a file
             if not cfg:
                 raise InputError("dense index has no encoder config; pass an encoder", str(folder))
-            encoder = LLMEncoder.from_pretrained(cfg.pop("model"), device=device, **cfg)
+            encoder = LLMEncoder.from_pretrained(cfg.pop("model"), device=device, **{**cfg, **settings})
         return cls(encoder, index)
 
 
@@ -105,10 +106,29 @@ class HybridRetriever:
     def load(cls, folder, device: str | None = None, open_part=None, **_) -> HybridRetriever:
         """open_part(folder, device): how a part opens; irlm.systems passes its own so a part may be any
         saved system, not only the core kinds."""
-        meta = read_meta(Path(folder), "hybrid", ("method", "weights", "depth", "parts"))
+        meta = read_hybrid_meta(Path(folder))
         open_part = open_part or load_retriever
         parts = [open_part(Path(folder) / f"part{n}", device) for n in range(meta["parts"])]
         return cls(parts, meta["method"], meta["weights"], meta["depth"])
+
+
+def read_hybrid_meta(folder: Path) -> dict:
+    """A hybrid's meta.json, checked: a hand-edited `parts` of 0 or "2" must not reach range() or a division."""
+    meta = read_meta(folder, "hybrid", ("method", "weights", "depth", "parts"))
+    parts, weights, depth = meta["parts"], meta["weights"], meta["depth"]
+    if meta["method"] not in ("rrf", "weighted"):
+        raise damaged(folder, "meta.json", f"'method' must be rrf or weighted, got {meta['method']!r}")
+    if type(parts) is not int or parts < 1:
+        raise damaged(folder, "meta.json", f"'parts' must be a whole number of at least 1, got {parts!r}")
+    if not isinstance(weights, list) or len(weights) != parts or not all(_is_number(w) for w in weights):
+        raise damaged(folder, "meta.json", f"'weights' must be a list of {parts} numbers, got {weights!r}")
+    if type(depth) is not int or depth < 1:
+        raise damaged(folder, "meta.json", f"'depth' must be a whole number of at least 1, got {depth!r}")
+    return meta
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 KINDS = {"bm25": BM25Retriever, "dense": DenseRetriever, "hybrid": HybridRetriever}

@@ -47,6 +47,15 @@ class EncoderConfig:
     batch_size: int = 32
     trust_remote_code: bool = False  # off unless asked: remote code runs with your rights
 
+    def __post_init__(self):
+        # checked before the model loads: a tokenizer given max_length <= 0 silently stops truncating, and a
+        # pool token of None fails deep inside transformers
+        if self.max_length < 1:
+            raise InputError(f"encoder setting max_length must be at least 1, got {self.max_length}")
+        if self.pooling == "token" and not self.pool_token:
+            raise InputError("encoder setting pooling 'token' needs pool_token, the token whose state is the "
+                             "embedding (e.g. '<emb>'; a model saved with one keeps it in irlm_encoder.json)")
+
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> EncoderConfig:
         """An EncoderConfig from a mapping; an unknown key (a typo, or a file from another version) is
@@ -98,6 +107,9 @@ class LLMEncoder:
         offset_types = {"roberta", "xlm-roberta", "mpnet", "camembert", "longformer"}
         self._position_offset = mcfg.pad_token_id + 1 if mcfg.model_type in offset_types else 0
         self._suffix = self._suffix_ids()
+        if config.max_length <= len(self._suffix):  # no room left for text: the tokenizer would not truncate at all
+            raise InputError(f"encoder setting max_length {config.max_length} leaves no room for text after the "
+                             f"{len(self._suffix)} end token(s); give at least {len(self._suffix) + 1}")  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, name: str, device: str | None = None, with_lm_head: bool = False,
