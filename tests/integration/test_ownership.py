@@ -415,14 +415,17 @@ def test_legacy_markers_tell_their_kind_by_the_folder_files(tmp_path):
 # --- irlm report writes only into folders irlm made -------------------------------------------------------------
 
 
-def test_report_refuses_a_folder_irlm_did_not_make(tmp_path, capsys):
+@pytest.mark.parametrize("notes", [True, False])
+def test_report_refuses_a_folder_irlm_did_not_make(tmp_path, capsys, notes):
     folder = user_folder(tmp_path / "results")
     (folder / "results.json").write_text('{"metrics": {"ndcg@10": 0.5}}')
-    (folder / "report").mkdir()
-    (folder / "report" / "report.md").write_text("my own notes")
+    if notes:  # a report.md of the user's own, where irlm report would write
+        (folder / "report").mkdir()
+        (folder / "report" / "report.md").write_text("my own notes")
     before = snapshot(folder)
     line = cli_error(capsys, ["report", folder])
-    assert str(folder) in line and "irlm did not make" in line and snapshot(folder) == before
+    assert line.startswith(f"error: {folder} is a folder irlm did not make") and snapshot(folder) == before
+    assert (folder / "report").is_dir() == notes
 
 
 def test_report_refuses_a_report_folder_it_did_not_make_inside_a_run(tmp_path, toy_beir, capsys):

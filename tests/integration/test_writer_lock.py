@@ -42,7 +42,7 @@ def test_a_second_writable_server_refuses_to_start_and_names_the_first(tmp_path)
         r = httpx.post(f"{url}/documents", json={"documents": [penguin]}, timeout=120)
         assert r.status_code == 200, r.text  # saved: the index folder is now another folder than at start
         second = subprocess.run(cli("serve", "--index", folder, "--writable", "--port", free_port()),
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
         line = one_line_refusal(second)
         assert f"{folder} is already written by process {first.pid}" in line, line
         assert first.poll() is None and httpx.get(f"{url}/health").json()["docs"] == 6
