@@ -142,6 +142,8 @@ class WriterLock:
         import fcntl
 
         path = Path(path)
+        if not path.parent.is_dir():
+            raise InputError(f"{flag} {path}: no such folder")
         self.file = path.with_name(f".{path.name}.lock")
         while True:
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)

@@ -440,3 +440,21 @@ def test_report_rewrites_its_own_report(tmp_path, toy_beir, capsys):
     for _ in range(2):
         cli_ok(capsys, ["report", run])
     assert (run / "report" / "report.md").is_file() and folder_kind(run / "report") == "report"
+
+
+def test_export_writes_an_export_and_replaces_another_kind_only_with_force(tmp_path, llama_dir, llama_encoder,
+                                                                           monkeypatch):  # fmt: skip
+    from irlm.models import export
+
+    monkeypatch.setattr(export, "_write_sentence_transformers", lambda enc, folder: (folder.mkdir(),
+                        (folder / "modules.json").write_text("[]")))  # fmt: skip
+    monkeypatch.setattr(export, "_check_tokens", lambda enc, folder: None)
+    model = model_folder(tmp_path / "model", llama_encoder)
+    before = snapshot(model)
+    with pytest.raises(InputError, match="of kind 'model', not 'export'"):
+        export.export_encoder(llama_dir, model)
+    assert snapshot(model) == before
+    export.export_encoder(llama_dir, model, force=True)
+    assert folder_kind(model) == "export" and sorted(os.listdir(model)) == [MARKER, "modules.json"]
+    export.export_encoder(llama_dir, model)  # an export replaces an export
+    assert folder_kind(model) == "export"

@@ -73,3 +73,8 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert not (tmp_path / ".index.lock").exists()
+
+
+def test_a_writer_of_a_folder_whose_parent_is_missing_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="no such folder"):
+        WriterLock(tmp_path / "missing" / "index")
