@@ -25,7 +25,7 @@ from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
 from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
-from irlm.utils import pick_device, write_json
+from irlm.utils import claim_folder, pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
 
@@ -70,6 +70,7 @@ def load_model(name: str, device: str | None):
 
 def train(cfg: SelfRetrievalConfig) -> dict:
     """Train, save output_dir/final (model + selfretrieval.json), evaluate; writes results.json."""
+    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
     init_distributed()
     seed_everything(cfg.seed)
     ds = load_dataset(cfg.data)
