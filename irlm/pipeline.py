@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from irlm.configs import CONFIGS, TRAINERS
+from irlm.data.beir import read_json_file
 from irlm.errors import InputError
 from irlm.utils import (
     Expected,
@@ -219,7 +220,7 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     check_settings(stages, run_dir)
     claim_run_dir(run_dir, force)
     state_path = run_dir / STATE
-    state = json.loads(state_path.read_text()) if state_path.is_file() and not force else {}
+    state = read_json_file(state_path) if state_path.is_file() and not force else {}  # damaged: one line
     hashes, folders = {}, {}
     for st in stages:
         h = stage_hash(st, {n: hashes[n] for n in dependencies(st, list(hashes))})

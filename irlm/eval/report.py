@@ -9,9 +9,9 @@ with a baseline (BM25 by default) on the same queries (irlm.eval.significance).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from irlm.data.beir import iter_jsonl, read_json_file
 from irlm.errors import InputError
 from irlm.eval.report_html import write_html
 from irlm.eval.significance import (
@@ -53,7 +53,7 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     """Every log.jsonl under the run, keyed by its folder relative to the run."""
     logs = {}
     for path in sorted(run_dir.rglob("log.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [row for _, row in iter_jsonl(path)]  # a torn line is one error naming file:line
         if rows:
             rel = path.parent.relative_to(run_dir)
             logs[run_dir.name if rel == Path(".") else str(rel)] = rows
@@ -63,9 +63,9 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
 def read_state(run_dir: Path) -> dict:
     """A pipeline's state.json, or a single training run's results.json as a one-stage state."""
     if (run_dir / "state.json").is_file():
-        return json.loads((run_dir / "state.json").read_text())
+        return read_json_file(run_dir / "state.json")
     if (run_dir / "results.json").is_file():
-        return {run_dir.name: {"kind": "train", "result": json.loads((run_dir / "results.json").read_text())}}
+        return {run_dir.name: {"kind": "train", "result": read_json_file(run_dir / "results.json")}}
     raise InputError(f"{run_dir} is neither a run directory (state.json, see `irlm run`) nor a training "
                      "output (results.json)")  # fmt: skip
 

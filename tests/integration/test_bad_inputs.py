@@ -438,12 +438,7 @@ RUN_FILES = {  # id -> (file in an irlm-made run directory, its damaged content,
     "torn line in a stage's log.jsonl": ("d/log.jsonl", '{"step": 1, "loss": 1.0}\n{"step": 2, "lo', "report",
                                          "log.jsonl:2: malformed JSON"),
 }  # fmt: skip
-NEEDS_OWNERS = pytest.mark.xfail(strict=True, reason="irlm/eval/report.py (read_state, read_logs) and irlm/pipeline.py "
-                                 "(state.json) still call json.loads directly; they must read through "
-                                 "irlm.data.beir.read_json_file / iter_jsonl, which raise these one-line errors")  # fmt: skip
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=NEEDS_OWNERS) for c in RUN_FILES])
+@pytest.mark.parametrize("case", list(RUN_FILES))
 def test_a_damaged_run_directory_is_one_line(ws, tmp_path, case):
     file, content, command, words = RUN_FILES[case]
     path = tmp_path / "cheap.yaml"
