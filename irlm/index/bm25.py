@@ -140,7 +140,7 @@ class BM25Index:
         return run
 
     def save(self, folder: str | Path) -> None:
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, "index") as tmp:
             self._index(progress=False).save(tmp / "bm25s")
             with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
                 for doc_id, text in zip(self.ids, self.texts):
