@@ -18,11 +18,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
-import ipaddress
 import logging
-import os
 import threading
 import time
 import uuid
@@ -39,12 +36,22 @@ from starlette.exceptions import HTTPException
 
 from irlm.batching import MicroBatcher, closing_lifespan
 from irlm.errors import InputError
+from irlm.guards import (
+    MAX_BODY_BYTES,
+    WRONG_KEY,
+    BodyLimit,
+    KeyGuard,
+    docs_pages,
+    field_path,
+    key_checker,
+    read_api_key,
+    warn_if_open,
+)
 from irlm.models.generator.base import BudgetExceeded, Generation, Generator, Prompt, SamplingParams
 
 log = logging.getLogger(__name__)
 
 NonEmpty = Annotated[str, Field(min_length=1)]  # an empty prompt has no last token to continue from
-MAX_BODY_BYTES = 4 << 20  # both servers: /encode's 64 texts x 32k characters fit; a 100 MB body is refused unread
 MAX_STOP = 4  # stop strings per request, OpenAI's own limit: each one costs the worker a scan of the vocabulary
 MAX_STOP_CHARS = 64
 DEFAULT_MAX_TOKENS = 256  # a chat without max_tokens: enough for a query, a ranking or a triplet
@@ -145,6 +152,10 @@ class TokenizeRequest(BaseModel):
         return self
 
 
+def wrong_key() -> APIError:
+    return APIError(401, WRONG_KEY, code="invalid_api_key")
+
+
 def sampling_key(item: tuple[Prompt, SamplingParams, threading.Event]) -> tuple:
     """Requests share a `generate` call only when every sampling setting is equal."""
     p = item[1]
@@ -181,9 +192,9 @@ def build_app(generator: Generator, api_key: str | None = None, max_batch: int =
     app = FastAPI(title="irlm generator", lifespan=closing_lifespan(batcher, getattr(generator, "cancel", None)),
                   **docs_pages(api_key))  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, refuse=lambda m: APIError(413, m, code="body_too_large"))
-    app.add_middleware(KeyGuard, api_key=api_key, refuse=lambda: APIError(401, WRONG_KEY, code="invalid_api_key"))
+    app.add_middleware(KeyGuard, api_key=api_key, refuse=wrong_key)
     add_error_handlers(app)
-    v1 = APIRouter(dependencies=[Depends(key_checker(api_key))])
+    v1 = APIRouter(dependencies=[Depends(key_checker(api_key, refuse=wrong_key))])
     add_routes(v1, generator, batcher, TokenBounds(max_tokens, min(default_max_tokens, max_tokens), max_batch))
     app.include_router(v1)
 
@@ -209,33 +220,6 @@ class TokenBounds:
         if asked is not None and asked > self.limit:
             raise APIError(400, f"max_tokens={asked} is more than this server's limit of {self.limit}", "max_tokens")
         return asked or min(self.default, context)  # a small model's context may be under the default
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, from its Content-Length before reading any of it,
-    or, for a body sent without one, as soon as the bytes read pass the limit."""
-
-    def __init__(self, app, max_bytes: int, refuse):
-        self.app, self.max_bytes, self.refuse = app, max_bytes, refuse  # refuse(message) -> an APIError
-        self.message = f"the request body is over the limit of {max_bytes} bytes"
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            return await self.refuse(self.message).response()(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, self.message)  # FastAPI hands it to the app's own handler
-            return message
-
-        await self.app(scope, counted, send)
 
 
 def add_routes(router: APIRouter, generator: Generator, batcher: MicroBatcher, bounds: TokenBounds) -> None:
@@ -329,57 +313,6 @@ def envelope(prefix: str, kind: str, model: str, choices: list[dict], gens: list
             "choices": choices, "usage": usage}  # fmt: skip
 
 
-WRONG_KEY = "missing or wrong API key; send 'Authorization: Bearer <key>'"
-
-
-def read_api_key(api_key_env: str | None) -> str | None:
-    """The key from $api_key_env; set but empty is refused, as it would turn every request away unannounced."""
-    key = os.environ.get(api_key_env) if api_key_env else None
-    if key is not None and not key.strip():
-        raise InputError(f"${api_key_env} is set but empty: set it to the key clients must send, or unset it")
-    return key
-
-
-def docs_pages(api_key: str | None) -> dict:
-    """FastAPI's /docs, /redoc and /openapi.json: only on a server without a key (they bypass its routes' check)."""
-    return {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-
-
-class KeyGuard:
-    """ASGI middleware: with a key, a request without `Authorization: Bearer <key>` is refused (401) before its
-    body is read or parsed; `open_paths` (the health check) stay open."""
-
-    def __init__(self, app, api_key: str | None, refuse, open_paths: tuple[str, ...] = ("/health",)):
-        self.app, self.refuse, self.open_paths = app, refuse, open_paths
-        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.expected is not None and scope["path"] not in self.open_paths:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):  # constant time, as bearer_ok
-                return await self.refuse().response()(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def bearer_ok(request: Request, api_key: str | None) -> bool:
-    """True without a key, else only for `Authorization: Bearer <key>`."""
-    if api_key is None:
-        return True
-    given = request.headers.get("authorization", "")
-    # constant-time comparison: response timing must not reveal how much of a guessed key was right
-    return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
-
-
-def key_checker(api_key: str | None):
-    """A dependency that accepts everything without a key, else only `Authorization: Bearer <key>`."""
-
-    def check(request: Request) -> None:
-        if not bearer_ok(request, api_key):
-            raise APIError(401, WRONG_KEY, code="invalid_api_key")
-
-    return check
-
-
 def add_error_handlers(app: FastAPI) -> None:
     """Every error leaves as an OpenAI error body; a malformed or invalid request is 400, as OpenAI answers."""
 
@@ -407,17 +340,6 @@ def add_error_handlers(app: FastAPI) -> None:
         return APIError(500, f"{type(e).__name__}: {e}", kind="server_error").response()
 
 
-def field_path(loc: tuple) -> list[str]:
-    """The request fields of a pydantic error location, without "body" and union tags such as "str".
-
-    Example:
-        >>> field_path(("body", "prompt", "list[constrained-str]", 0))
-        ['prompt', '0']
-    """
-    tags = {"body", "str", "int", "float", "bool", "list", "dict", "none"}
-    return [str(p) for p in loc if isinstance(p, int) or (str(p).isidentifier() and str(p) not in tags)]
-
-
 def serve_llm(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000,
               api_key_env: str | None = "IRLM_API_KEY", batch_size: int = 8, device: str | None = None,
               dtype: str = "auto", max_tokens: int = MAX_TOKENS) -> None:  # fmt: skip
@@ -433,18 +355,9 @@ def serve_llm(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 
     from irlm.models.generator.local import TransformersGenerator
 
     api_key = read_api_key(api_key_env)
-    if api_key is None and not is_loopback(host):
-        log.warning("serving on %s without an API key: anyone who can reach it can use it (set $%s)", host,
-                    api_key_env or "IRLM_API_KEY")  # fmt: skip
+    warn_if_open(host, api_key, api_key_env)
     generator = TransformersGenerator(model, device=device, dtype=dtype, batch_size=batch_size)
     # a micro-batch of batch_size is one forward loop: larger ones only make early requests wait for later ones
     app = build_app(generator, api_key=api_key, max_batch=batch_size, max_tokens=max_tokens)
     # SIGTERM: in-flight requests get a few seconds, then the lifespan cancels the running generation
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACE_S)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
