@@ -1,8 +1,9 @@
-"""Self-Retrieval cost: latency per query at beams 5 and 10, time per generated token with and without
-the trie constraint, and the trie's memory. Prints one JSON line.
+"""Self-Retrieval cost: latency per query at beams 5 and 10 on the cached path and on the reference path
+(transformers' generate, one pass per title, one verdict pass) in the same run, whether both rank alike,
+time per generated token with and without the trie constraint, and the trie's memory. One JSON line.
 
     python bench/selfretrieval.py --model runs/selfretrieval/final --queries 20
-    python bench/selfretrieval.py --model smollm2-135m --queries 10      # an untrained model: cost only
+    OMP_NUM_THREADS=2 python bench/selfretrieval.py --model smollm2-135m --queries 10  # untrained: cost only
 """
 
 from __future__ import annotations
@@ -10,35 +11,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 
-def load(model: str):
+def load(model: str, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from irlm.models.resolve import resolve_model
 
     path = model if Path(model).is_dir() else resolve_model(model)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
     return lm, AutoTokenizer.from_pretrained(path)
 
 
-def per_token(model, prompts, processor, beams: int, tokens: int, pad: int) -> float:
-    """Seconds per generated token of beam search, exactly `tokens` new tokens per query."""
+def per_token(model, prompts, processor, beams: int, tokens: int, pad: int) -> tuple[float, float]:
+    """Seconds per generated token of beam search without and with `processor`, exactly `tokens` new
+    tokens per query; the two alternate prompt by prompt, so a change in the machine's load hits both."""
     from transformers import LogitsProcessorList
 
     from irlm.methods.selfretrieval.decode import left_pad
 
-    start = time.perf_counter()
+    spent = [0.0, 0.0]
     for p in prompts:
         ids, mask = left_pad([p], pad, model.device)
-        procs = LogitsProcessorList([processor(ids.shape[1])] if processor else [])
-        model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, do_sample=False, min_new_tokens=tokens,
-                       max_new_tokens=tokens, pad_token_id=pad, logits_processor=procs)  # fmt: skip
-    return (time.perf_counter() - start) / (len(prompts) * tokens)
+        for n, procs in enumerate(([], [processor(ids.shape[1])])):
+            start = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, do_sample=False, pad_token_id=pad,
+                           min_new_tokens=tokens, max_new_tokens=tokens, logits_processor=LogitsProcessorList(procs))
+            spent[n] += time.perf_counter() - start
+    free, constrained = (t / (len(prompts) * tokens) for t in spent)
+    return free, constrained
 
 
 def main() -> None:
@@ -46,6 +53,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", default="nq-open-oracle")
     ap.add_argument("--queries", type=int, default=10)
+    ap.add_argument("--dtype", default="float32", help="float32 (as SelfRetriever.load) or bfloat16 (faster "
+                    "on CPUs with bf16 units; the two paths then differ by bf16 rounding, which can swap near ties)")
     args = ap.parse_args()
 
     from irlm.data import load_dataset
@@ -55,28 +64,50 @@ def main() -> None:
     from irlm.methods.selfretrieval.retriever import SelfRetriever
 
     ds = load_dataset(args.data)
-    model, tok = load(args.model)
+    model, tok = load(args.model, args.dtype)
     queries = list(ds.split_queries("test").values())[: args.queries]
     sr = SelfRetriever(model, tok, ds.corpus, SelfRetrievalConfig(data=args.data))
-    latency = {}
+    latency, same = {}, {}
     for beams in (5, 10):
-        sr.candidates(queries[0], beams)  # warm-up
-        start = time.perf_counter()
-        for q in queries:
-            sr.candidates(q, beams)
-        latency[f"latency_s_beam{beams}"] = round((time.perf_counter() - start) / len(queries), 3)
+        ranked = {}
+        for path in ("reference", "cached"):
+            sr.reference = path == "reference"
+            sr.candidates(queries[0], beams)  # warm-up
+            start = time.perf_counter()
+            ranked[path] = [sr.candidates(q, beams) for q in queries]
+            latency[f"latency_s_beam{beams}_{path}"] = round((time.perf_counter() - start) / len(queries), 3)
+        latency[f"speedup_beam{beams}"] = round(latency[f"latency_s_beam{beams}_reference"]
+                                                / latency[f"latency_s_beam{beams}_cached"], 2)  # fmt: skip
+        same[f"same_ranking_beam{beams}"] = _agreement(ranked["reference"], ranked["cached"])
     prompts = [sr.fmt.prompt(QUERY_PROMPT, q) for q in queries]
     pad = sr.pad
-    free = per_token(model, prompts, None, 5, 8, pad)
-    constrained = per_token(model, prompts, lambda n: _MaskOnly(sr.trie, n), 5, 8, pad)
+    free, constrained = per_token(model, prompts, lambda n: _MaskOnly(sr.trie, n), 5, 8, pad)
     full = TokenTrie.build([sr.fmt.title(d.title) + [sr.fmt.sep] + sr.fmt.ids(" " + d.text) for d in ds.corpus.docs])
     print(json.dumps({"bench": "selfretrieval", "model": args.model, "data": args.data, "queries": len(queries),
-                      "threads": torch.get_num_threads(), **latency,
+                      "cpu": _cpu(), "threads": torch.get_num_threads(), "dtype": args.dtype, **latency, **same,
                       "s_per_token_unconstrained": round(free, 4), "s_per_token_constrained": round(constrained, 4),
                       "ratio_constrained_vs_free": round(constrained / free, 3),
                       "title_trie_bytes": sr.trie.nbytes,
+                      "title_trie_bytes_per_token": round(sr.trie.bytes_per_token, 2),
                       "full_corpus_trie_bytes": full.nbytes,
                       "full_corpus_trie_bytes_per_token": round(full.bytes_per_token, 2)}))  # fmt: skip
+
+
+def _agreement(reference: list, cached: list) -> dict:
+    """Share of queries ranked the same (same passages in the same order) and the largest score gap."""
+    same = sum([c.doc_id for c in a] == [c.doc_id for c in b] for a, b in zip(reference, cached))
+    gap = max((abs(x.score - y.score) for a, b in zip(reference, cached) for x, y in zip(a, b)), default=0.0)
+    return {"queries": round(same / len(reference), 3), "max_score_gap": float(f"{gap:.2g}")}
+
+
+def _cpu() -> str:
+    """lscpu's model name (platform.processor() is empty on Linux)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+    return names[0] if names else "unknown"
 
 
 class _MaskOnly:

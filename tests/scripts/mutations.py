@@ -164,7 +164,8 @@ MUTATIONS += [
 
 
 # Self-Retrieval as the paper scores it (issue 31), each against every Self-Retrieval test file
-SELFRETRIEVAL_FILES = ["tests/integration/test_selfretrieval.py", "tests/integration/test_selfretrieval_scoring.py"]
+SELFRETRIEVAL_FILES = ["tests/integration/test_selfretrieval.py", "tests/integration/test_selfretrieval_scoring.py",
+                       "tests/integration/test_selfretrieval_fast.py"]
 MUTATIONS += [
     Mutation("Self-Retrieval verdict inverted", "irlm/methods/selfretrieval/decode.py",
              "return torch.softmax(last, dim=-1)[:, 1].tolist()", "return torch.softmax(last, dim=-1)[:, 0].tolist()",
@@ -176,7 +177,13 @@ MUTATIONS += [
              SELFRETRIEVAL_FILES),
     Mutation("Self-Retrieval title factor dropped", "irlm/methods/selfretrieval/decode.py",
              "scores = torch.softmax(probs / tau, dim=0)", "scores = torch.ones_like(probs)", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval cached passage scores read one position late", "irlm/methods/selfretrieval/fast.py",
+             "(r, start - 1 + i)", "(r, start + i)", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval cached beams finish outside the best", "irlm/methods/selfretrieval/fast.py",
+             "done = torch.cat([done, hits & top_mask])[best]", "done = torch.cat([done, hits])[best]",
+             SELFRETRIEVAL_FILES),
 ]  # fmt: skip
+
 
 def scratch_copy() -> Path:
     """irlm/, tests/ and pyproject.toml in a temporary folder (a few hundred KB)."""

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from irlm.index.check import write_manifest
 from irlm.index.trie import TokenTrie
-from irlm.methods.selfretrieval import decode
+from irlm.methods.selfretrieval import decode, fast
 from irlm.methods.selfretrieval.config import SelfRetrievalConfig
 from irlm.methods.selfretrieval.data import QUERY_PROMPT, Format
 from irlm.methods.selfretrieval.decode import Candidate
@@ -35,6 +35,7 @@ class SelfRetriever:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos
         self._index(corpus)
         self._warned = False  # the depth warning, once per retriever (a server searches many times)
+        self.reference = False  # True: the plain search path (transformers' generate), slower, same results
 
     def _index(self, corpus: Corpus) -> None:
         """Title trie (titles + separator) and, under each title, its passages; or one passage trie."""
@@ -81,12 +82,37 @@ class SelfRetriever:
         return decode.rank(self.generate(query, beams), self.cfg.scoring, self.cfg.tau, self.cfg.delta)
 
     def generate(self, query: str, beams: int | None = None) -> list[Candidate]:
-        """The candidates with their log-probabilities and verdicts, not yet scored."""
+        """The candidates with their log-probabilities and verdicts, not yet scored. The cached path
+        (fast.py) by default; `reference = True` takes the plain one, which it must equal."""
         beams = beams or (self.cfg.title_beams if self.fmt.titles else self.cfg.passage_beams)
+        limit = self.cfg.max_title_tokens if self.fmt.titles else self.cfg.max_passage_tokens + 1
         prompt = self.fmt.prompt(QUERY_PROMPT, query)
-        found = decode.constrained_beams(self.model, [prompt], self.trie, self.stop, beams,
-                                         self.cfg.max_title_tokens if self.fmt.titles else
-                                         self.cfg.max_passage_tokens + 1, self.pad)[0]  # fmt: skip
+        if self.reference or not fast.SUPPORTED:
+            return self._reference(query, prompt, beams, limit)
+        found, kv = fast.beam_search(self.model, prompt, self.trie, self.stop, beams, limit)
+        fmt, assess = self.fmt, self.fmt.assess if self.cfg.assessment else None
+        if not fmt.titles:
+            cands = self._whole(found)
+            if assess:
+                rejects = fast.verdicts(self.model, kv, [c.entry for c in cands], assess, fmt.yes, fmt.no, self.pad)
+                for c, r in zip(cands, rejects):
+                    c.reject = r
+            return cands
+        docs = [self.under.get(tuple(title), []) for title, _ in found]
+        scores, rejects = fast.passages_and_verdicts(self.model, kv, [t for t, _ in found],
+                                                     [[p for _, p in d] for d in docs], assess, fmt.yes, fmt.no,
+                                                     self.pad)  # fmt: skip
+        cands, at = [], 0
+        for (title, title_logprob), under in zip(found, docs):
+            here = [Candidate(d, title + p, title_logprob, scores[at + i], rejects[at + i])
+                    for i, (d, p) in enumerate(under)]  # fmt: skip
+            cands += sorted(here, key=lambda c: -c.passage_logprob)[: self.cfg.passage_beams]
+            at += len(under)
+        return cands
+
+    def _reference(self, query: str, prompt: list[int], beams: int, limit: int) -> list[Candidate]:
+        """transformers' beam search, one teacher-forced pass per title, one verdict pass."""
+        found = decode.constrained_beams(self.model, [prompt], self.trie, self.stop, beams, limit, self.pad)[0]
         cands = self._passages(prompt, found) if self.fmt.titles else self._whole(found)
         if self.cfg.assessment and cands:
             prompts = [self.fmt.assessment_prompt(query, c.entry) for c in cands]

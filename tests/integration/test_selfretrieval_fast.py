@@ -1,0 +1,86 @@
+"""Self-Retrieval's cached search path against the reference path (transformers' generate, one pass per
+title, one verdict pass) on a tiny random model: the same candidates, log-probabilities and verdicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from irlm.index.trie import TokenTrie
+from irlm.methods.selfretrieval import decode, fast
+from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+from irlm.methods.selfretrieval.data import QUERY_PROMPT, Format
+from irlm.methods.selfretrieval.retriever import SelfRetriever
+from irlm.types import Corpus, Document
+
+# titles that share first tokens (Nile / Nile river, Sour / Sourdough) and one title over three passages
+DOCS = [
+    ("p0", "Nile", "The Nile is a river in Africa. It flows north into the sea."),
+    ("p1", "Sourdough", "Sourdough bread uses a wild yeast starter. It rises slowly."),
+    ("p2", "Qubit", "A qubit is the unit of quantum information. It can be in superposition."),
+    ("p3", "Nile", "The Nile delta is wide and green. Farmers grow cotton there."),
+    ("p4", "Nile river", "The Nile river is long."),
+    ("p5", "Quantum bit", "A quantum bit."),
+    ("p6", "Sour", "Sour things."),
+    ("p7", "Nile", "The Nile delta floods."),
+]
+QUERIES = ["which river", "bread starter yeast", "x", "the nile delta farming cotton green wide"]
+
+
+@pytest.fixture(scope="module")
+def tok(lm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(lm_dir)
+
+
+@pytest.fixture(scope="module")
+def model(lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
+
+
+def corpus() -> Corpus:
+    return Corpus([Document(i, text, title) for i, title, text in DOCS])
+
+
+def summary(cands) -> list[tuple]:
+    return [(c.doc_id, c.entry, c.title_logprob, c.passage_logprob, c.reject) for c in cands]
+
+
+def assert_same(got, want):
+    assert [c[:2] for c in got] == [c[:2] for c in want]  # the same passages, in the same order
+    for g, w in zip(got, want):
+        assert g[2:4] == pytest.approx(w[2:4], abs=1e-4)
+        assert (g[4] is None) == (w[4] is None) and (g[4] is None or g[4] == pytest.approx(w[4], abs=1e-5))
+
+
+@pytest.mark.skipif(not fast.SUPPORTED, reason="the cached path replays transformers 5's beam search")
+@pytest.mark.parametrize("titles,assessment", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("beams", [2, 3, 6])
+def test_cached_search_equals_the_reference(model, tok, titles, assessment, beams):
+    cfg = SelfRetrievalConfig(title_beams=beams, passage_beams=2, titles=titles, assessment=assessment,
+                              max_title_tokens=6, max_passage_tokens=12)  # fmt: skip
+    sr = SelfRetriever(model, tok, corpus(), cfg)
+    for query in QUERIES:
+        sr.reference = True
+        want = summary(sr.generate(query))
+        sr.reference = False
+        got = summary(sr.generate(query))
+        assert want, "the reference found nothing: the comparison would be empty"
+        assert_same(got, want)
+
+
+@pytest.mark.skipif(not fast.SUPPORTED, reason="the cached path replays transformers 5's beam search")
+def test_a_beam_the_trie_identifies_costs_no_model_call(model, tok, monkeypatch):
+    """One title: after the query's own pass every token is forced, so no other forward pass runs."""
+    fmt = Format(tok)
+    only = fmt.title("Sourdough bread") + [fmt.sep]
+    calls = []
+    real = fast._forward
+    monkeypatch.setattr(fast, "_forward", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    prompt = fmt.prompt(QUERY_PROMPT, "x")
+    found, _ = fast.beam_search(model, prompt, TokenTrie.build([only]), fmt.sep, beams=2, max_new_tokens=12)
+    assert found == [(only, 0.0)] and calls == []
+    assert decode.constrained_beams(model, [prompt], TokenTrie.build([only]), fmt.sep, 2, 12, fmt.eos)[0] == found
