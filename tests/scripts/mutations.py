@@ -179,9 +179,8 @@ MUTATIONS += [
              "scores = torch.softmax(probs / tau, dim=0)", "scores = torch.ones_like(probs)", SELFRETRIEVAL_FILES),
     Mutation("Self-Retrieval cached passage scores read one position late", "irlm/methods/selfretrieval/fast.py",
              "(r, start - 1 + i)", "(r, start + i)", SELFRETRIEVAL_FILES),
-    Mutation("Self-Retrieval cached beams finish outside the best", "irlm/methods/selfretrieval/fast.py",
-             "done = torch.cat([done, hits & top_mask])[best]", "done = torch.cat([done, hits])[best]",
-             SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval cached beams all start from the prompt", "irlm/methods/selfretrieval/fast.py",
+             "    scores[0] = 0.0  # the other", "    scores[:] = 0.0  # the other", SELFRETRIEVAL_FILES),
 ]  # fmt: skip
 
 
