@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,5 +58,25 @@ class Encoder(Protocol):
     def encode_corpus(self, docs: list[str], **kw) -> np.ndarray: ...
 
 
+@runtime_checkable
 class Retriever(Protocol):
+    """What every saved system is, whatever its kind (BM25, dense, hybrid, Self-Retrieval, reasoning), so
+    evaluation, fusion, serving and the CLI are written once and never probe private attributes.
+
+    kind: the name its manifest records ("bm25", "dense", ...); len(): the documents it searches;
+    encoder: the dense Encoder that embeds its queries, or None where there is none (BM25, Self-Retrieval).
+
+    Example:
+        >>> system = load_retriever("runs/scifact-bm25")  # doctest: +SKIP
+        >>> system.kind, len(system), system.encoder  # doctest: +SKIP
+        ('bm25', 5183, None)
+    """
+
+    kind: str
+
+    @property
+    def encoder(self) -> Encoder | None: ...
+
     def search(self, queries: Queries, k: int = 100) -> Run: ...
+
+    def __len__(self) -> int: ...

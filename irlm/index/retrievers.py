@@ -16,9 +16,13 @@ from irlm.utils import atomic_path
 
 class BM25Retriever:
     kind = "bm25"
+    encoder = None  # lexical: no dense encoder
 
     def __init__(self, index: BM25Index):
         self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     @classmethod
     def build(cls, corpus: Corpus, **params) -> BM25Retriever:
@@ -44,6 +48,9 @@ class DenseRetriever:
 
     def __init__(self, encoder, index):
         self.encoder, self.index = encoder, index
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     @classmethod
     def build(cls, corpus: Corpus, encoder, backend: str = "exact", batch_size: int | None = None):
@@ -88,6 +95,14 @@ class HybridRetriever:
             raise InputError(f"unknown fusion '{method}'; choose rrf or weighted")
         self.parts, self.method, self.depth = parts, method, depth
         self.weights = weights or [1.0 / len(parts)] * len(parts)
+
+    def __len__(self) -> int:
+        return max(len(p) for p in self.parts)  # the parts index the same corpus
+
+    @property
+    def encoder(self):
+        """The first part's dense encoder (a hybrid embeds with at most one); None when no part has one."""
+        return next((p.encoder for p in self.parts if p.encoder is not None), None)
 
     def search(self, queries: Queries, k: int = 100) -> Run:
         runs = [p.search(queries, max(k, self.depth)) for p in self.parts]

@@ -24,7 +24,7 @@ def ranked(scores: dict[str, float], k: int) -> list[dict]:
 
 def is_cheap(retriever) -> bool:
     """A search far shorter than an HTTP round trip (BM25: about 0.1 ms on SciFact), so batching gains nothing."""
-    return getattr(retriever, "kind", None) in CHEAP_KINDS
+    return retriever.kind in CHEAP_KINDS
 
 
 def batch_runner(retriever, encoder):

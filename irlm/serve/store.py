@@ -14,49 +14,37 @@ from irlm.batching import MicroBatcher
 from irlm.errors import InputError
 from irlm.serve.lane import submit
 from irlm.serve.limits import APIError
-from irlm.types import Document
+from irlm.types import Document, Retriever
 from irlm.utils import check_replaceable
 
 READ_ONLY = ("this server is read-only: start it with --writable (irlm serve) or writable=True (build_app) to "
              "add, replace or delete documents")  # fmt: skip
 
 
-def find_encoder(retriever):
-    """The dense encoder of a dense retriever or of a hybrid's dense part; None when there is none."""
-    if getattr(retriever, "encoder", None) is not None:
-        return retriever.encoder
-    for part in getattr(retriever, "parts", []):
-        if (encoder := find_encoder(part)) is not None:
-            return encoder
-    return None
+EDITABLE = ("bm25", "dense")  # the kinds whose `index` this store edits; a hybrid of them, through its `parts`
 
 
-def doc_count(retriever) -> int:
-    if hasattr(retriever, "parts"):  # hybrid: the parts index the same corpus
-        return max(doc_count(p) for p in retriever.parts)
-    if hasattr(retriever, "index"):
-        return len(retriever.index)
-    return len(retriever)  # Self-Retrieval and any retriever without an index: the Retriever protocol's size
+def doc_count(retriever: Retriever) -> int:
+    """The documents served: the Retriever protocol's len (a hybrid's parts index the same corpus)."""
+    return len(retriever)
 
 
-def leaves(retriever) -> list:
+def leaves(retriever: Retriever) -> list[Retriever]:
     """The retrievers a hybrid fuses (recursively); [retriever] for any other."""
-    if getattr(retriever, "kind", None) == "hybrid":
+    if retriever.kind == "hybrid":
         return [leaf for part in retriever.parts for leaf in leaves(part)]
     return [retriever]
 
 
-def update_refusal(retriever, encoder) -> str | None:
+def update_refusal(retriever: Retriever, encoder) -> str | None:
     """Why the served documents cannot change over HTTP; None for BM25, dense and hybrids of those."""
-    parts = leaves(retriever)
-    kinds = [getattr(leaf, "kind", type(leaf).__name__) for leaf in parts]
+    kinds = [leaf.kind for leaf in leaves(retriever)]
     if "selfretrieval" in kinds:
         return "Self-Retrieval memorised its corpus in the model's weights: new documents need another training run"
-    other = next((k for k, leaf in zip(kinds, parts) if k not in ("bm25", "dense") or not hasattr(leaf, "index")),
-                 None)  # fmt: skip
+    other = next((kind for kind in kinds if kind not in EDITABLE), None)
     if other is not None:
         return f"a '{other}' retriever has no document index that can be edited (BM25, dense and hybrids of them can)"
-    dense = [leaf for leaf in parts if leaf.kind == "dense"]
+    dense = [leaf for leaf in leaves(retriever) if leaf.kind == "dense"]
     if len(dense) > 1:
         return "this hybrid has more than one dense part; the server runs one encoder, so it could embed for one only"
     if dense and dense[0].encoder is not encoder:

@@ -231,7 +231,11 @@ def test_read_only_is_the_default_and_refused_before_the_body_is_checked(bm25):
 
 class SelfRetrieverStub:
     kind = "selfretrieval"
+    encoder = None  # the Retriever protocol: a generative system has no dense encoder
     under = {"Cats": ["d1"]}
+
+    def __len__(self):
+        return 1
 
     def search(self, queries, k=100):
         return {q: {"d1": 1.0} for q in queries}

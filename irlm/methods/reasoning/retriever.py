@@ -69,6 +69,9 @@ class ReasoningRetriever:
         self.emb, self.index, self.thinking, self.fill = emb, index, thinking, fill
         self.encoder = ThinkingEncoder(emb, thinking)
 
+    def __len__(self) -> int:
+        return len(self.index)
+
     @classmethod
     def build(cls, corpus: Corpus, emb: ReasoningEmbedder, thinking: str = "self", fill=None,
               backend: str = "exact"):  # fmt: skip

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 class SelfRetriever:
     kind = "selfretrieval"
+    encoder = None  # generative: it ranks by constrained decoding, with no dense encoder
 
     def __init__(self, model, tokenizer, corpus: Corpus, cfg: SelfRetrievalConfig):
         self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
