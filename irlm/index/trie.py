@@ -14,6 +14,7 @@ A node is (lo, hi, depth): the sequences lo .. hi - 1 share their first `depth` 
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left, bisect_right
 from itertools import chain
 from pathlib import Path
@@ -25,6 +26,16 @@ from irlm.utils import atomic_path
 
 ARRAYS = ("tokens", "starts", "key_start")
 Node = tuple[int, int, int]  # (lo, hi, depth)
+
+
+def common_prefix(a, b) -> int:
+    """How many leading tokens two sequences share (os.path.commonprefix compares element-wise).
+
+    Example:
+        >>> common_prefix([5, 6, 7], [5, 6, 9, 1])
+        2
+    """
+    return len(os.path.commonprefix([a, b]))
 
 
 class TokenTrie:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import write_beir, write_jsonl
 
-from irlm.index.trie import TokenTrie
+from irlm.index.trie import TokenTrie, common_prefix
 from irlm.methods.selfretrieval import decode
 from irlm.methods.selfretrieval.config import SelfRetrievalConfig
 from irlm.methods.selfretrieval.data import (
@@ -104,7 +104,7 @@ def test_constrained_beams_return_only_trie_entries(model, tok):
     # the reference: an unconstrained teacher-forced log-probability of each returned title,
     # where tokens after the prefix became unique are copied (log-probability 0, not scored)
     seq, score = found[0][0]
-    shared = max(decode._common_prefix(seq, t) for t in titles if t != seq)
+    shared = max(common_prefix(seq, t) for t in titles if t != seq)
     scored = seq[: shared + 1]
     ref = decode.sequence_logprobs(model, [prompts[0]], [scored], fmt.eos)[0]
     assert score == pytest.approx(ref, abs=1e-4)

@@ -237,3 +237,10 @@ def test_module_imports_no_model_library():
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
     assert not imported & {"torch", "transformers"}
+
+
+def test_common_prefix_counts_the_leading_tokens_two_sequences_share():
+    from irlm.index.trie import common_prefix
+
+    assert common_prefix([5, 6, 7], [5, 6, 9, 1]) == 2
+    assert common_prefix([5, 6], [5, 6, 7]) == 2 and common_prefix([1], [2]) == 0 and common_prefix([], [3]) == 0

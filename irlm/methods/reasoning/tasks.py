@@ -13,7 +13,6 @@ GRPO step is written on the shared loop instead.
 from __future__ import annotations
 
 import copy
-import os
 import random
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from irlm.errors import InputError
+from irlm.index.trie import common_prefix
 from irlm.losses.contrastive import info_nce_from_embeddings
 from irlm.losses.grpo import group_advantages, grpo_loss
 from irlm.methods.reasoning import rewards as R
@@ -353,8 +353,7 @@ class GRPOTask:
         the distribution they were drawn from (logits / sampling temperature, as TRL's GRPO does).
         A row rebuilt from a thought cut to the budget ends with a </think><emb> the model never wrote;
         those are not actions, or a poor sample would be pushed away from closing properly."""
-        # commonprefix compares any sequences element-wise, token lists included
-        spans = [(s, s + len(os.path.commonprefix([row[s:], raw]))) for s, row, raw in zip(starts, rows, raws)]
+        spans = [(s, s + common_prefix(row[s:], raw)) for s, row, raw in zip(starts, rows, raws)]
         width = max(len(r) for r in rows)
         logp = torch.zeros(len(rows), width, device=hidden.device)
         mask = torch.zeros(len(rows), width, device=hidden.device)

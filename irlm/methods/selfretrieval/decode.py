@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from irlm.index.trie import TokenTrie
+from irlm.index.trie import TokenTrie, common_prefix
 
 
 class TrieConstraint(LogitsProcessor):
@@ -75,18 +75,9 @@ def distinguishing_lengths(passages: list[list[int]]) -> list[int]:
         longest = 0
         for j, q in enumerate(passages):
             if i != j:
-                longest = max(longest, _common_prefix(p, q))
+                longest = max(longest, common_prefix(p, q))
         out.append(min(len(p), longest + 1))
     return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @torch.inference_mode()
