@@ -144,6 +144,9 @@ CORE = [
     Mutation("live index replaced by two renames where one atomic swap is possible", "irlm/utils.py",
              "    elif not _exchange(tmp, path):\n", "    elif True:\n",
              ["tests/unit/test_runs_atomic.py", "tests/integration/test_serve_documents.py"]),
+    Mutation("a trie step does not advance the depth", "irlm/index/trie.py",
+             "key=at), depth + 1)", "key=at), depth)",
+             ["tests/unit/test_trie.py", "tests/integration/test_selfretrieval.py"]),
     # anchor's paper settings (issue 34)
     Mutation("anchor token prefix left at norm 1", "irlm/methods/anchor/train.py",
              "return unit * token_norm if scale == \"token\" else unit", "return unit", ["tests/integration/test_anchor.py"]),
