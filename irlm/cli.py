@@ -470,8 +470,8 @@ def train_anchor(
     force: bool = ForceOpt,
 ) -> None:
     """Anchor embeddings: Stage I reconstruction, then Stage II InfoNCE; stage1_steps=0 is the baseline."""
+    from irlm.config_files import load_config
     from irlm.methods.anchor import AnchorConfig, train
-    from irlm.utils import load_config
 
     train(_output_dir(load_config(AnchorConfig, config, overrides), force))
 
@@ -483,9 +483,9 @@ def train_drama(
     force: bool = ForceOpt,
 ) -> None:
     """A retriever trained with InfoNCE on the original pairs plus `augment_files` (from `irlm augment`)."""
+    from irlm.config_files import load_config
     from irlm.methods.drama.config import RetrieverConfig
     from irlm.methods.drama.train import train
-    from irlm.utils import load_config
 
     train(_output_dir(load_config(RetrieverConfig, config, overrides), force))
 
@@ -498,9 +498,9 @@ def train_reasoning(
     force: bool = ForceOpt,
 ) -> None:
     """Think-then-embed (LREM / Search-R3): teacher reasoning data, cold start, then GRPO (preset lrem|searchr3)."""
+    from irlm.config_files import load_config
     from irlm.methods.reasoning.config import ReasoningConfig
     from irlm.methods.reasoning.train import train
-    from irlm.utils import load_config
 
     flags = [f"stage={json.dumps(stage)}"] if stage else []
     cfg = load_config(ReasoningConfig, config, flags + list(overrides or []))
@@ -521,9 +521,9 @@ def augment(
     device: str | None = DeviceOpt,
 ) -> None:
     """Make (query, positives, hard negatives) examples with an LLM teacher; counts invalid generations."""
+    from irlm.config_files import load_config
     from irlm.methods.drama.augment import run_augment
     from irlm.methods.drama.config import AugmentConfig
-    from irlm.utils import load_config
 
     opt.device(device)
     opt.at_least(n, 1, "--n")
@@ -546,9 +546,9 @@ def prune(
     force: bool = ForceOpt,
 ) -> None:
     """Structured L0 pruning of a Llama-family LLM to a target shape; writes a smaller transformers folder."""
+    from irlm.config_files import load_config
     from irlm.methods.drama.config import PruneConfig
     from irlm.methods.drama.pretrain import prune as run_prune
-    from irlm.utils import load_config
 
     run_prune(_output_dir(load_config(PruneConfig, config, overrides), force))
 
@@ -560,9 +560,9 @@ def pretrain(
     force: bool = ForceOpt,
 ) -> None:
     """Continued next-token pretraining (recovery after pruning) on dataset corpora or text folders."""
+    from irlm.config_files import load_config
     from irlm.methods.drama.config import PretrainConfig
     from irlm.methods.drama.pretrain import pretrain as run_pretrain
-    from irlm.utils import load_config
 
     run_pretrain(_output_dir(load_config(PretrainConfig, config, overrides), force))
 
@@ -631,9 +631,9 @@ def sr_train(
     force: bool = ForceOpt,
 ) -> None:
     """Indexing + retrieval + self-assessment training, then Hits@1/5, MRR@5 and answer EM on eval_split."""
+    from irlm.config_files import load_config
     from irlm.methods.selfretrieval.config import SelfRetrievalConfig
     from irlm.methods.selfretrieval.train import train
-    from irlm.utils import load_config
 
     train(_output_dir(load_config(SelfRetrievalConfig, config, overrides), force))
 

@@ -11,8 +11,8 @@ import io
 import re
 import tokenize
 
+from irlm.config_files import did_you_mean
 from irlm.errors import InputError
-from irlm.utils import did_you_mean
 
 TRAINERS = {  # method -> (config module, config class, train module)
     "anchor": ("irlm.methods.anchor.config", "AnchorConfig", "irlm.methods.anchor.train"),

@@ -29,22 +29,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from irlm.config_files import Expected, did_you_mean, parse_expected, read_yaml, yaml_loader
 from irlm.configs import CONFIGS, TRAINERS
 from irlm.data.beir import read_json_file
 from irlm.errors import InputError
 from irlm.utils import (
-    Expected,
     check_output,
     claim_folder,
     clean_stale_temporaries,
-    did_you_mean,
     folder_kind,
     mark_as_irlm,
-    parse_expected,
     read_marker,
-    read_yaml,
     write_json,
-    yaml_loader,
 )
 
 log = logging.getLogger(__name__)
@@ -252,7 +248,7 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
 
 
 def _config(cls, settings: dict, **forced):
-    from irlm.utils import load_config
+    from irlm.config_files import load_config
 
     base = settings.pop("config", None)
     overrides = [f"{k}={json.dumps(v)}" for k, v in {**settings, **forced}.items()]

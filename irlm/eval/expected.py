@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from irlm.utils import Expected
+from irlm.config_files import Expected
 
 
 def stage_metrics(rec: dict | None) -> dict[str, dict]:

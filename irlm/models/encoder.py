@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from irlm.config_files import did_you_mean
 from irlm.errors import InputError
 from irlm.models import pooling
 from irlm.models.resolve import encoder_defaults, resolve_model
-from irlm.utils import atomic_path, bf16_is_faster, did_you_mean, pick_device
+from irlm.utils import atomic_path, bf16_is_faster, pick_device
 
 CONFIG_FILE = "irlm_encoder.json"
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",

@@ -127,7 +127,7 @@ def check_model_config(config: Path) -> None:
     if "auto_map" in values:  # custom code: the encoder's trust_remote_code decides
         return
     if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
-        from irlm.utils import did_you_mean
+        from irlm.config_files import did_you_mean
 
         hint = did_you_mean(kind, CONFIG_MAPPING.keys()) if isinstance(kind, str) else ""
         raise InputError(f"unknown model_type {kind!r}, not one transformers can load{hint}", str(config))

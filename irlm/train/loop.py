@@ -36,8 +36,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from irlm.config_files import did_you_mean
 from irlm.errors import InputError
-from irlm.utils import atomic_path, bf16_is_faster, did_you_mean
+from irlm.utils import atomic_path, bf16_is_faster
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

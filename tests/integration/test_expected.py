@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
+from irlm.config_files import Expected
 from irlm.eval.expected import check_expected, check_line
-from irlm.utils import Expected
 
 STATE = {"retriever": {"result": {"metrics": {"scifact": {"ndcg@10": 0.60}, "scifact-dev": {"ndcg@10": 0.70},
                                               "scifact+bm25-weighted": {"ndcg@10": 0.72}}}},

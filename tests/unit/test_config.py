@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from irlm.config_files import load_config
 from irlm.errors import InputError
-from irlm.utils import load_config
 
 
 @dataclass

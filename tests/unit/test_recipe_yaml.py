@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from irlm import pipeline
+from irlm.config_files import Expected, load_config, parse_expected, read_yaml
 from irlm.errors import InputError
 from irlm.methods.anchor import AnchorConfig
-from irlm.utils import Expected, load_config, parse_expected, read_yaml
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].glob("recipes/*.yaml"))
 
