@@ -6,7 +6,7 @@
 #   bash bench/device/run.sh --smoke PACK|all OUTDIR    # CPU, tiny random models (tests/integration/test_device_smoke.py)
 #   bash bench/device/run.sh next | plan         # the next pending pack (no committed results) | every pack's rows
 #
-# PACK is a..e (bench/device/packs.py). Everything the pack measures lands in OUTDIR: PACK-DATE.json (rows,
+# PACK is a..e (bench/device/packs/). Everything the pack measures lands in OUTDIR: PACK-DATE.json (rows,
 # metrics, date, hardware, commit; rewritten after every row), PACK.log, setup.log, PACK-recipe.yaml and
 # PACK-files.tar.gz (each row's small result files). The whole call, setup included, stays inside
 # $IRLM_BOX seconds (default 480): the rows get what the setup left, each under its own cap, and `timeout`
@@ -21,14 +21,14 @@ T0=$(date +%s)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 case "${1:-}" in
-  next | plan) exec "$PY" "$HERE/packs.py" "$1" ;;
+  next | plan) exec "$PY" "$HERE/packs" "$1" ;;
   stage1)
     mkdir -p "$STAGE/parts" && cp "$HERE"/carry/call1/* "$STAGE/parts/" || { echo "STAGE: no carry/call1"; exit 3; }
     ls -l "$STAGE/parts"; df -h /root | tail -1; nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
     exit 0 ;;
   --smoke)
     [ $# -ge 3 ] || { echo "usage: run.sh --smoke PACK|all OUTDIR"; exit 2; }
-    exec "$PY" "$HERE/packs.py" run "$2" "$3" --smoke "${@:4}" ;;
+    exec "$PY" "$HERE/packs" run "$2" "$3" --smoke "${@:4}" ;;
   a | b | c | d | e) ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
@@ -70,7 +70,7 @@ export IRLM_DEVICE_COMMIT=${IRLM_DEVICE_COMMIT:-$(cat "$STAGE/commit" 2>/dev/nul
 LEFT=$((BOX - ($(date +%s) - T0)))
 echo "setup took $(($(date +%s) - T0)) s; pack $PACK gets $LEFT s"
 [ "$LEFT" -gt 60 ] || { echo "no time left for pack $PACK after the setup (IRLM_BOX=$BOX)"; exit 4; }
-timeout -k 15 "$LEFT" "$PY" "$HERE/packs.py" run "$PACK" "$OUT" --work "$STAGE/work/$PACK" \
+timeout -k 15 "$LEFT" "$PY" "$HERE/packs" run "$PACK" "$OUT" --work "$STAGE/work/$PACK" \
   --budget $((LEFT - 30)) "$@" 2>&1 | tee "$OUT/$PACK.log"
 rc=${PIPESTATUS[0]}
 # each row's small files (results, stats, reports, augmentation examples); no weights, no runs
