@@ -1,9 +1,10 @@
-"""A generator behind an OpenAI-compatible HTTP endpoint (vLLM, `irlm serve-llm`, a hosted API).
+"""A generator behind an OpenAI-compatible HTTP endpoint (vLLM, `irlm serve-llm`, a hosted API), through
+the official `openai` client: it retries connection errors, timeouts, 429 and 5xx with exponential backoff
+(honouring Retry-After); this adapter turns what is left into irlm's errors, one line naming the URL, the
+status and the server's message.
 
 One request per prompt, `concurrency` in flight at once: the server batches concurrent requests
 itself, so many small requests keep it busy without this side knowing its batch size.
-Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; any other 4xx
-fails at once with one line naming the URL, the status and the server's message.
 
 Example:
     >>> gen = OpenAIGenerator("http://127.0.0.1:8000/v1")  # doctest: +SKIP
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 
 from irlm.errors import InputError
 from irlm.models.generator.base import BudgetExceeded, Generation, Prompt, SamplingParams, Usage, cut_at_stop
@@ -27,7 +28,6 @@ from irlm.models.generator.base import BudgetExceeded, Generation, Prompt, Sampl
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096  # when neither the caller nor /models says: a common size for today's small LLMs
-MAX_DELAY = 30.0  # seconds; caps the exponential backoff and a server's Retry-After
 
 
 class EndpointError(RuntimeError):
@@ -55,15 +55,20 @@ class OpenAIGenerator:
     """
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5,
+                 concurrency: int = 8, timeout: float = 60.0, max_retries: int = 4, backoff: float | None = None,
                  budget: int | None = None, context_length: int | None = None):  # fmt: skip
+        """`backoff` is accepted from older callers and unused: the openai client's own backoff applies
+        (0.5 s doubling, at most 8 s, or the server's Retry-After)."""
         self.base_url = base_url.rstrip("/")
-        self.api_key_env, self.max_retries, self.backoff = api_key_env, max_retries, backoff
+        self.api_key_env, self.max_retries = api_key_env, max_retries
         self.usage = Usage(budget=budget)
         key = os.environ.get(api_key_env) if api_key_env else None
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._client = httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {},
-                                    timeout=timeout, limits=limits)  # fmt: skip
+        self._http = httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=timeout,
+                                  limits=limits)  # fmt: skip
+        # a server without a key ignores the placeholder; the client refuses to start without any
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", timeout=timeout,
+                                     max_retries=max_retries, http_client=self._http)  # fmt: skip
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="irlm-http")
         self._can_tokenize: bool | None = None  # unknown until the first count_tokens asks the server
         self._tokenize_lock = threading.Lock()
@@ -98,6 +103,7 @@ class OpenAIGenerator:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+        self._http.close()
 
     def __enter__(self) -> OpenAIGenerator:
         return self
@@ -106,22 +112,23 @@ class OpenAIGenerator:
         self.close()
 
     def _generate_one(self, prompt: Prompt, params: SamplingParams) -> Generation:
-        body = {"model": self.name, "max_tokens": params.max_new_tokens, "temperature": params.temperature,
-                "top_p": params.top_p}  # fmt: skip
         # stop and seed only when set: some servers reject null where they expect a list or an int
-        body.update({k: v for k, v in (("stop", params.stop), ("seed", params.seed)) if v})
+        unset = openai.NOT_GIVEN
+        body = {"model": self.name, "max_tokens": params.max_new_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, "stop": params.stop or unset, "seed": params.seed or unset}  # fmt: skip
         if isinstance(prompt, str):
-            out = self._request("POST", "/completions", {**body, "prompt": prompt})
-            text = out["choices"][0]["text"]
+            out = self._call("POST", "/completions", lambda: self._client.completions.create(prompt=prompt, **body))
+            text = out.choices[0].text
         else:
-            out = self._request("POST", "/chat/completions", {**body, "messages": prompt})
-            text = out["choices"][0]["message"]["content"] or ""
+            out = self._call("POST", "/chat/completions",
+                             lambda: self._client.chat.completions.create(messages=prompt, **body))  # fmt: skip
+            text = out.choices[0].message.content or ""
         return to_generation(text, out, params.stop)
 
     def _model_entry(self, model: str | None) -> dict:
         """The /models entry for `model` (or the first one when None); {} when a named model is not listed."""
         try:
-            entries = self._request("GET", "/models").get("data") or []
+            entries = [m.model_dump() for m in self._call("GET", "/models", self._client.models.list).data]
         except RequestRefused as e:
             if model is None or e.status not in (404, 405):
                 raise
@@ -130,41 +137,35 @@ class OpenAIGenerator:
             raise InputError(f"GET {self.base_url}/models lists no model; name one with {self.base_url}#MODEL")
         return next((e for e in entries if model is None or e.get("id") == model), {})
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, path: str, request):
+        """`request()` (the client retries what is worth retrying); what still fails, as irlm's errors."""
         url = f"{self.base_url}{path}"
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = self._client.request(method, url, json=body)
-            except httpx.TransportError as e:  # refused, reset, timed out: worth another try
-                problem, wait = f"{type(e).__name__}: {e}", None
-            else:
-                if r.status_code < 400:
-                    return r.json()
-                problem, wait = self._refusal(method, url, r), retry_after(r)
-            if attempt < self.max_retries:
-                delay = backoff_delay(attempt, self.backoff, wait)
-                log.warning("%s %s failed (%s); retry %d/%d in %.2fs", method, url, problem, attempt + 1,
-                            self.max_retries, delay)  # fmt: skip
-                time.sleep(delay)
-        raise EndpointError(f"{method} {url} failed after {self.max_retries + 1} attempts: {problem}")
+        try:
+            return request()
+        except openai.APIConnectionError as e:  # refused, reset, timed out through every retry
+            cause = e.__cause__ or e
+            raise EndpointError(f"{method} {url} failed after {self.max_retries + 1} attempts: "
+                                f"{type(cause).__name__}: {cause}") from None  # fmt: skip
+        except openai.APIStatusError as e:
+            raise self._refusal(method, url, e) from None
 
-    def _refusal(self, method: str, url: str, r: httpx.Response) -> str:
-        """The problem as one line if worth retrying (429, 5xx); raises at once for every other status."""
-        message, code = error_message(r)
-        problem = f"HTTP {r.status_code}: {message}"
+    def _refusal(self, method: str, url: str, e: openai.APIStatusError) -> Exception:
+        """The error to raise for a status the client gave up on or does not retry."""
+        message, code = error_message(e)
+        problem = f"HTTP {e.status_code}: {message}"
         if code == "insufficient_quota":  # the server's own budget: waiting does not refill it
-            raise BudgetExceeded(f"{method} {url}: {problem}")
-        if r.status_code == 429 or r.status_code >= 500:
-            return problem
-        hint = f" (is ${self.api_key_env} set to the server's key?)" if r.status_code in (401, 403) else ""
-        raise RequestRefused(f"{method} {url} failed with {problem}{hint}", r.status_code)
+            return BudgetExceeded(f"{method} {url}: {problem}")
+        if e.status_code in (408, 409, 429) or e.status_code >= 500:  # retried by the client, still failing
+            return EndpointError(f"{method} {url} failed after {self.max_retries + 1} attempts: {problem}")
+        hint = f" (is ${self.api_key_env} set to the server's key?)" if e.status_code in (401, 403) else ""
+        return RequestRefused(f"{method} {url} failed with {problem}{hint}", e.status_code)
 
     def _tokenize(self, prompt: Prompt) -> int | None:
         """Exact count from `{root}/tokenize`; None (and no more asking after a 4xx) when the server has none."""
         root = self.base_url.removesuffix("/v1")
         body = {"model": self.name, **({"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt})}
         try:
-            r = self._client.post(f"{root}/tokenize", json=body)
+            r = self._http.post(f"{root}/tokenize", json=body)  # vLLM's route, outside the OpenAI API
         except httpx.TransportError:
             return None
         with self._tokenize_lock:
@@ -176,43 +177,22 @@ class OpenAIGenerator:
         return None
 
 
-def to_generation(text: str, response: dict, stop: list[str]) -> Generation:
+def to_generation(text: str, response, stop: list[str]) -> Generation:
     """A Generation from an OpenAI response: stop strings cut again (harmless if the server did), text
     stripped like the in-process backend's, token counts from the response's `usage`."""
     text, _ = cut_at_stop(text, stop)
-    usage = response.get("usage") or {}
-    reason = "length" if response["choices"][0].get("finish_reason") == "length" else "stop"
-    return Generation(text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), reason)
+    usage = response.usage
+    reason = "length" if response.choices[0].finish_reason == "length" else "stop"
+    prompt_tokens, completion_tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    return Generation(text.strip(), int(prompt_tokens or 0), int(completion_tokens or 0), reason)
 
 
-def error_message(r: httpx.Response) -> tuple[str, str | None]:
-    """(message, code) from an OpenAI-style `{"error": {...}}` body, else the body's first 200 characters."""
-    try:
-        err = r.json().get("error")
-    except (ValueError, AttributeError):
-        err = None
-    if isinstance(err, dict):
-        return str(err.get("message", "")).replace("\n", " "), err.get("code")
-    if isinstance(err, str):
-        return err, None
-    return (r.text[:200].replace("\n", " ") or r.reason_phrase), None
-
-
-def retry_after(r: httpx.Response) -> float | None:
-    """A server's Retry-After in seconds (the delta-seconds form only), if it sent one."""
-    try:
-        return float(r.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
-
-
-def backoff_delay(attempt: int, backoff: float, wait: float | None = None) -> float:
-    """`backoff * 2**attempt`, times a jitter in [0.5, 1.5) so that many clients do not retry in step.
-
-    Example:
-        >>> 0.5 <= backoff_delay(0, 1.0) < 1.5
-        True
-    """
-    if wait is not None:
-        return min(wait, MAX_DELAY)
-    return min(backoff * 2**attempt * random.uniform(0.5, 1.5), MAX_DELAY)
+def error_message(e: openai.APIStatusError) -> tuple[str, str | None]:
+    """(message, code) from an OpenAI-style error body (the client unwraps `{"error": ...}`), else the
+    response's first 200 characters."""
+    body = e.body
+    if isinstance(body, dict):
+        return str(body.get("message", "")).replace("\n", " "), body.get("code")
+    if isinstance(body, str):
+        return body, None
+    return (e.response.text[:200].replace("\n", " ") or e.response.reason_phrase), None
