@@ -61,13 +61,17 @@ def _help(name: str, lines: list[str], comments: dict[int, str]) -> str:
 
 
 def describe(cls) -> list[dict]:
-    """One row per field: name, type, default (a factory's value) and help."""
-    comments, source = _comments(cls)
-    lines = source.splitlines()
+    """One row per field: name, type, default (a factory's value) and help, read from the class that declares
+    the field last (a method's config where it overrides a default, else TrainSettings)."""
+    sources = {}
     rows = []
     for f in dataclasses.fields(cls):
+        owner = next(c for c in cls.__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+        if owner not in sources:
+            comments, source = _comments(owner)
+            sources[owner] = source.splitlines(), comments
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         default = "(required)" if default is dataclasses.MISSING else default
         rows.append({"name": f.name, "type": str(f.type), "default": default,
-                     "help": _help(f.name, lines, comments)})  # fmt: skip
+                     "help": _help(f.name, *sources[owner])})  # fmt: skip
     return rows

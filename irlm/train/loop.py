@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from irlm.config_files import did_you_mean
 from irlm.errors import InputError
+from irlm.train.settings import TrainSettings
 from irlm.utils import atomic_path, bf16_is_faster
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -74,6 +75,19 @@ class TrainConfig:
             hint = did_you_mean(unknown[0], list(cls.__dataclass_fields__))
             raise InputError(f"unknown training setting(s) {', '.join(unknown)}{hint}")
         return cls(**d)
+
+
+def train_config(cfg: TrainSettings, max_steps: int, **override) -> TrainConfig:
+    """The shared loop's settings from a method's config; `override` sets what a stage has of its own (anchor's
+    Stage I folder and lr, reasoning's schedule).
+
+    Example:
+        >>> train_config(TrainSettings(lr=1e-4), 10, schedule="cosine").lr
+        0.0001
+    """
+    shared = {"output_dir": cfg.output_dir, "lr": cfg.lr, "batch_size": cfg.batch_size,
+              "precision": cfg.precision, "save_every": cfg.save_every, "seed": cfg.seed}  # fmt: skip
+    return TrainConfig(max_steps=max_steps, **{**shared, **override})
 
 
 def world() -> tuple[int, int]:

@@ -38,3 +38,30 @@ def test_the_cli_lists_settings_as_json():
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert {"harden", "target_warmup"} <= {r["name"] for r in rows}
+
+
+@pytest.mark.parametrize("name", ["anchor", "drama", "selfretrieval", "reasoning", "prune", "pretrain"])
+def test_trainers_extend_the_shared_settings_and_read_their_reasons(name):
+    from irlm.train.settings import TrainSettings
+
+    cls = config_class(name)
+    assert issubclass(cls, TrainSettings)
+    rows = {r["name"]: r for r in describe(cls)}
+    assert "bf16 autocast" in rows["precision"]["help"]  # declared only in TrainSettings
+    assert rows["seed"]["default"] == 42 and rows["device"]["default"] is None
+
+
+def test_an_overridden_default_keeps_its_own_reason():
+    rows = {r["name"]: r for r in describe(config_class("reasoning"))}
+    assert rows["lr"]["default"] == 1e-5 and "LREM" in rows["lr"]["help"]
+    assert rows["batch_size"]["default"] == 16
+
+
+def test_train_config_takes_the_shared_fields_and_a_stage_override():
+    from irlm.methods.anchor.config import AnchorConfig
+    from irlm.train.loop import train_config
+
+    cfg = AnchorConfig(lr=1e-3, batch_size=4, precision="fp32", save_every=3, seed=7, output_dir="o")
+    tc = train_config(cfg, 5, output_dir="o/stage1", grad_accum=2)
+    assert (tc.max_steps, tc.lr, tc.batch_size, tc.precision, tc.save_every, tc.seed) == (5, 1e-3, 4, "fp32", 3, 7)
+    assert (tc.output_dir, tc.grad_accum) == ("o/stage1", 2)

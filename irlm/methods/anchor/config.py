@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from irlm.train.settings import TrainSettings
+
 PREFIX_SCALES = ("embedding", "token", "raw")
 
 
 @dataclass
-class AnchorConfig:
-    model: str = "smollm2-135m"  # backbone: bundled name, hub id or folder
+class AnchorConfig(TrainSettings):
     data: str = "scifact"  # training set: its `train_split` qrels give (query, positive) pairs
     train_split: str = "train"
     train_file: str | None = None  # or a JSONL of examples (irlm mine); overrides data/train_split
@@ -17,7 +18,7 @@ class AnchorConfig:
     # end beside eval_data, so settings are chosen without looking at test
     dev_queries: int = 0
     eval_data: list[str] = field(default_factory=lambda: ["scifact", "cranfield"])  # test splits scored at the end
-    output_dir: str = "runs/anchor"
+    output_dir: str = "runs/anchor"  # Stage I and Stage II checkpoints in stage1/ and stage2/
     # Stage I: bidirectional reconstruction
     stage1_steps: int = 30  # 0 = plain contrastive baseline
     alpha: float = 0.2  # L_I = alpha L_Q2D + (1 - alpha) L_D2Q; 0.2 best in the paper's sweep
@@ -29,11 +30,10 @@ class AnchorConfig:
     prefix_scale: str = "embedding"
     # Stage II: InfoNCE
     stage2_steps: int = 30
-    lr: float = 5e-5  # METHODS.md §0: 5e-5 beat 2e-5 for SmolLM2 on CPU budgets
+    # Stage II's lr, and batch_size, precision, seed, device: TrainSettings'
     temperature: float = 0.05  # METHODS.md §0: 0.05 beat 0.02 for SmolLM2
     n_negatives: int = 1  # hard negatives per query (mined by BM25 when no train_file)
-    batch_size: int = 32
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per step on each process (batch_size: TrainSettings)
     cache_chunk: int = 0  # > 0: gradient caching with this many texts per chunk
     # encoder
     # METHODS.md §0: mean beat last-token for SmolLM2-135M at this budget; `eos` (the paper's) pools the
@@ -41,15 +41,12 @@ class AnchorConfig:
     pooling: str = "mean"
     max_length: int = 128  # document tokens; 128 kept the measured CPU run at 9 minutes
     lowercase: bool = True  # queries arrive in any casing; SmolLM2's tokenizer is cased (README: Casing)
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     lora_r: int = 0  # 0 = full fine-tuning
     # > 0: Stage II trains only the layers above F, on layer-F states cached from the model as Stage I left
     # it (irlm.train.cached; Stage I itself runs the full model), so Stage II gets ~3x the steps per minute
     cache_layers: int = 0
     activations: str = ""  # cache folder; default $IRLM_CACHE/activations/<fingerprint of the frozen weights>
-    seed: int = 42
-    save_every: int = 10
-    device: str | None = None
+    save_every: int = 10  # each stage is 30 steps on CPU: a checkpoint every 10 loses at most a third
 
     def __post_init__(self):
         from irlm.errors import InputError

@@ -19,7 +19,7 @@ from irlm.methods.anchor.config import AnchorConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
-from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
 from irlm.train.lora import add_lora, merge_lora
 from irlm.utils import bf16_is_faster, claim_folder, write_json
 
@@ -94,8 +94,7 @@ def training_examples(cfg: AnchorConfig, held_out: set[str] = frozenset()) -> li
 
 
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:
-    tc = TrainConfig(output_dir=str(Path(cfg.output_dir) / name), max_steps=steps, lr=lr, batch_size=cfg.batch_size,
-                     grad_accum=cfg.grad_accum, precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)
+    tc = train_config(cfg, steps, output_dir=str(Path(cfg.output_dir) / name), lr=lr, grad_accum=cfg.grad_accum)
     return Trainer(task, examples, tc).fit()
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from irlm.train.settings import TrainSettings
+
 STRATEGIES = ("crop", "qgen", "rerank", "triplet")
 
 
@@ -56,10 +58,9 @@ class AugmentConfig:
 
 
 @dataclass
-class RetrieverConfig:
+class RetrieverConfig(TrainSettings):
     """A retriever trained with InfoNCE on the original training pairs plus augmented files (paper: FT + aug)."""
 
-    model: str = "smollm2-135m"
     data: str = "scifact"  # original training pairs: the train_split qrels, BM25-mined negatives
     train_split: str = "train"
     augment_files: list[str] = field(default_factory=list)  # JSONL from `irlm augment`, added to the pairs
@@ -69,12 +70,10 @@ class RetrieverConfig:
     # also score the dense run fused with BM25's: RRF (k 60) as DATA+bm25, and min-max weighted as
     # DATA+bm25-weighted, with the dense weight tuned on `data`'s dev split (needs dev_queries) for every eval set
     hybrid: bool = True
-    output_dir: str = "runs/drama/ft"
+    output_dir: str = "runs/drama/ft"  # the trained retriever (final/), checkpoints and results.json
     steps: int = 30  # the same for every ablation row: more data, not more updates
-    lr: float = 5e-5  # METHODS.md §0: 5e-5 got SmolLM2 off the ground on CPU budgets
     temperature: float = 0.05  # METHODS.md §0
     n_negatives: int = 1
-    batch_size: int = 32
     cache_chunk: int = 0
     # > 0: freeze the embeddings and the first F layers and train the rest on cached layer-F states
     # (irlm.train.cached): about 3x the pairs per second at F = 20 of SmolLM2's 30 (bench/train.py --sweep)
@@ -87,10 +86,7 @@ class RetrieverConfig:
     # > 0: re-write this share of the training queries and passages in upper, title or lower case (the
     # alternative to lowercase: the model sees casings instead of never seeing case; README: Casing)
     case_augment: float = 0.0
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
-    seed: int = 42
-    save_every: int = 10
-    device: str | None = None
+    save_every: int = 10  # 30 steps on CPU: a checkpoint every 10 loses at most a third of them
 
     def __post_init__(self):
         from irlm.errors import InputError
@@ -102,11 +98,10 @@ class RetrieverConfig:
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(TrainSettings):
     """Structured pruning to a target shape. The default shape is about a third of SmolLM2-135M's
     non-embedding parameters (30 layers, hidden 576, 3 kv heads, intermediate 1536 -> 0.30x)."""
 
-    model: str = "smollm2-135m"
     text: list[str] = field(default_factory=lambda: ["scifact", "nq-open-oracle", "cranfield"])  # LM text
     output_dir: str = "runs/drama/prune"  # the pruned model is written to output_dir/final
     layers: int = 20
@@ -116,7 +111,7 @@ class PruneConfig:
     steps: int = 200
     block_size: int = 256  # tokens per LM example
     max_blocks: int = 0  # 0 = all the text
-    batch_size: int = 8
+    batch_size: int = 8  # blocks of block_size tokens per step
     lr: float = 1e-4  # weights; Sheared-LLaMA prunes with 1e-4
     mask_lr: float = 0.1  # mask logits and multipliers: 0.1 / 0.1 converged within 0.01 of every target
     lambda_lr: float = 0.1  # on a tiny model in 200 steps (tests/integration/test_prune.py)
@@ -130,14 +125,10 @@ class PruneConfig:
     constrain_params: bool = False
     # initial P(z != 0): at 0.95, ~5 % of hidden dims dropped per step sent SmolLM2 LM loss to 16
     init_keep: float = 0.999
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
-    seed: int = 42
-    save_every: int = 50
-    device: str | None = None
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainSettings):
     """Recovery: continued next-token pretraining of a pruned model (paper: after pruning, before InfoNCE)."""
 
     model: str = "runs/drama/prune/final"  # the pruned model to recover (a prune stage's output_dir/final)
@@ -148,7 +139,3 @@ class PretrainConfig:
     max_blocks: int = 0  # > 0: use only the first N blocks of text (a quick run)
     batch_size: int = 8  # blocks per step
     lr: float = 1e-4  # Sheared-LLaMA continued pretraining used 1e-4
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
-    seed: int = 42
-    save_every: int = 50  # checkpoint every N steps (resumable)
-    device: str | None = None  # cpu, cuda, cuda:N; default: CUDA when present

@@ -18,7 +18,7 @@ from irlm.methods.drama.config import PretrainConfig, PruneConfig
 from irlm.methods.drama.prune import PruneTask, Shape
 from irlm.models.resolve import resolve_model
 from irlm.train.lm import LMTask
-from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
 from irlm.utils import claim_folder, pick_device, write_json
 
 
@@ -43,10 +43,8 @@ def _blocks(sources: list[str], tokenizer, block_size: int, max_blocks: int) -> 
     return blocks
 
 
-def _train(task, blocks, cfg, lr: float) -> list[dict]:
-    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=lr, batch_size=cfg.batch_size,
-                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
-    return Trainer(task, blocks, tc).fit()
+def _train(task, blocks, cfg) -> list[dict]:
+    return Trainer(task, blocks, train_config(cfg, cfg.steps)).fit()
 
 
 def prune(cfg: PruneConfig) -> dict:
@@ -64,7 +62,7 @@ def prune(cfg: PruneConfig) -> dict:
                          field="harden")  # fmt: skip
     task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup,
                      harden=cfg.harden, constrain_params=cfg.constrain_params, output_dir=cfg.output_dir)  # fmt: skip
-    history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
+    history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg)
     final = Path(cfg.output_dir) / "final"
     report = final / "prune_report.json"  # the export's LM loss beside the soft model's (PruneTask.save)
     extra = {"prune_report": json.loads(report.read_text()) if report.is_file() else None}
@@ -88,7 +86,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     init_distributed()
     seed_everything(cfg.seed)
     model, tok = load_lm(cfg.model, cfg.device)
-    history = _train(LMTask(model, tok), _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg, cfg.lr)
+    history = _train(LMTask(model, tok), _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg)
     return _summary(cfg, "pretrain", history, non_embedding_params(model), Path(cfg.output_dir) / "final")
 
 

@@ -18,7 +18,7 @@ from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
 from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
-from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
 from irlm.utils import bf16_is_faster, claim_folder, write_json
 
 
@@ -51,9 +51,7 @@ def train(cfg: RetrieverConfig) -> dict:
         encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples),
                                  cfg.activations or None, cfg.activation_dtype)  # fmt: skip
     task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
-    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
-    history = Trainer(task, examples, tc).fit()
+    history = Trainer(task, examples, train_config(cfg, cfg.steps)).fit()
     if world()[0] != 0:
         return {}
     encoder.model.eval()

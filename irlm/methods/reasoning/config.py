@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from irlm.train.settings import TrainSettings
+
 
 @dataclass
-class ReasoningConfig:
+class ReasoningConfig(TrainSettings):
     stage: str = "coldstart"  # data | coldstart | grpo
     preset: str = "lrem"  # reward preset: lrem | searchr3
     model: str = "smollm2-135m"  # coldstart: the base LLM; grpo: the cold-started folder
     data: str = "scifact"
     train_split: str = "train"
     eval_data: list[str] = field(default_factory=lambda: ["scifact"])
-    output_dir: str = "runs/reasoning"
+    output_dir: str = "runs/reasoning"  # this stage's model, checkpoints and results.json
     reasoning_file: str = "runs/reasoning/reasoning.jsonl"  # written by stage data, read by coldstart
     # stage data: model name/folder or http://host:port/v1[#model] (an LLM reasons, keywords.condense cuts it),
     # or a teacher without an LLM (prf.py): prf-bm25 (salient words of BM25's top prf_docs documents) or
@@ -63,12 +65,10 @@ class ReasoningConfig:
     env_top_k: int = 10  # corpus: each step re-encodes the samples' top-k neighbours ...
     env_slice: int = 64  # ... and this many more documents of a rolling schedule
     steps: int = 50
-    batch_size: int = 16
-    lr: float = 1e-5
+    batch_size: int = 16  # queries per step (LREM: 128 cold start, 256 GRPO)
+    lr: float = 1e-5  # LREM cold start: 1e-5 (its GRPO: 1e-6)
     schedule: str = "cosine"  # LREM cold start: lr 1e-5 cosine, warm-up 3 % (irlm/train/loop.py SCHEDULES)
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
-    save_every: int = 25
-    seed: int = 42
+    save_every: int = 25  # half of the default 50 steps
     # hold out this many train queries (a fixed draw, the same for every seed) as DATA-dev: never trained on,
     # their greedy thoughts' closed share is logged every probe_every cold-start steps and reported at the end
     dev_queries: int = 0
@@ -76,4 +76,3 @@ class ReasoningConfig:
     # self (the model thinks, greedy) | none (direct embedding) | source (an ablation's own filler: an
     # empty think, the query, or random train keywords, as in its training)
     eval_reasoning: str = "self"
-    device: str | None = None

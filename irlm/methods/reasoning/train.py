@@ -26,6 +26,7 @@ from irlm.methods.reasoning.retriever import ReasoningRetriever
 from irlm.methods.reasoning.rewards import THINK_OPEN, format_reward
 from irlm.methods.reasoning.tasks import ColdStartTask, GRPOTask, is_closed
 from irlm.train.loop import TrainConfig, Trainer, autocast, init_distributed, seed_everything, world
+from irlm.train.loop import train_config as loop_config
 from irlm.utils import atomic_path, claim_folder, write_json
 
 PROMPT_VERSION = "reasoning-v1"
@@ -233,9 +234,7 @@ def train(cfg: ReasoningConfig) -> dict:
 
 
 def train_config(cfg: ReasoningConfig) -> TrainConfig:
-    return TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, schedule=cfg.schedule,
-                       batch_size=cfg.batch_size, precision=cfg.precision, save_every=cfg.save_every,
-                       seed=cfg.seed)  # fmt: skip
+    return loop_config(cfg, cfg.steps, schedule=cfg.schedule)
 
 
 def environment(emb: ReasoningEmbedder, cfg: ReasoningConfig, examples: list[dict]):

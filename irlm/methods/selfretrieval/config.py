@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from irlm.errors import InputError
+from irlm.train.settings import TrainSettings
 
 SCORINGS = ("paper", "joint")
 
 
 @dataclass
-class SelfRetrievalConfig:
-    model: str = "smollm2-135m"
+class SelfRetrievalConfig(TrainSettings):
     data: str = "nq-open-oracle"  # BEIR folder with titles; answers.jsonl beside it enables answering
     train_split: str = "train"
     eval_split: str = "test"
-    output_dir: str = "runs/selfretrieval"
+    output_dir: str = "runs/selfretrieval"  # the model that memorised the corpus (final/) and results.json
     # training data (paper: indexing, retrieval, self-assessment, answers)
     indexing: bool = True  # sentence -> whole passage over the whole corpus (ablation: False)
     titles: bool = True  # generate the title, then the passage (ablation: passages only)
@@ -24,13 +24,11 @@ class SelfRetrievalConfig:
     assessment_negatives: int = 1  # BM25's best non-gold passages per train question
     max_passage_tokens: int = 64  # passages are learned and matched on their first N tokens
     max_prompt_tokens: int = 64
-    # training (the shared loop)
+    # training (the shared loop; precision, seed, device: TrainSettings')
     steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-4
-    precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
-    save_every: int = 100
-    seed: int = 42
+    batch_size: int = 16  # examples per step
+    lr: float = 1e-4  # its own, not the contrastive methods' 5e-5 (TrainSettings)
+    save_every: int = 100  # a third of the default 300 steps
     dev_queries: int = 0  # > 0: hold out this many train questions (a fixed draw) as dev; every scoring is scored there
     # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
     # paper: S = softmax(P(t|q) / tau) * softmax((1 - P(reject)) / delta), so the passages under one title are
@@ -44,7 +42,6 @@ class SelfRetrievalConfig:
     max_answer_tokens: int = 16
     eval_limit: int = 0  # > 0: the first N eval questions (CPU budgets)
     batch_queries: int = 8
-    device: str | None = None
 
     def __post_init__(self):
         if self.scoring not in SCORINGS:

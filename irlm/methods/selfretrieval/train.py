@@ -24,7 +24,7 @@ from irlm.methods.selfretrieval.config import SCORINGS, SelfRetrievalConfig
 from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
-from irlm.train.loop import TrainConfig, Trainer, init_distributed, seed_everything, world
+from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
 from irlm.utils import claim_folder, pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
@@ -78,9 +78,7 @@ def train(cfg: SelfRetrievalConfig) -> dict:
     fmt = data.Format(tok, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
     held_out = dev_qids(cfg, ds)
     examples, counts = build_examples(cfg, ds, fmt, held_out)
-    tc = TrainConfig(output_dir=cfg.output_dir, max_steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                     precision=cfg.precision, save_every=cfg.save_every, seed=cfg.seed)  # fmt: skip
-    history = Trainer(SFTTask(model, tok), examples, tc).fit() if cfg.steps else []
+    history = Trainer(SFTTask(model, tok), examples, train_config(cfg, cfg.steps)).fit() if cfg.steps else []
     if world()[0] != 0:
         return {}
     retriever = SelfRetriever(model, tok, ds.corpus, cfg)
