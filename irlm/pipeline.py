@@ -26,13 +26,12 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from irlm.config_files import Expected, did_you_mean, parse_expected, read_yaml, yaml_loader
-from irlm.configs import CONFIGS, TRAINERS
 from irlm.data.beir import read_json_file
 from irlm.errors import InputError
+from irlm.stages import STAGE_KEYS, STAGE_OUTPUT, STAGE_TYPES, STAGES, _config, _depth, check_baseline, config_class
 from irlm.utils import (
     check_output,
     claim_folder,
@@ -207,9 +206,6 @@ def claim_run_dir(run_dir: Path, force: bool = False) -> None:
     claim_folder(run_dir, "run", "run_dir")
 
 
-STAGE_OUTPUT = {"train": "model", "prune": "model", "pretrain": "model", "index": "index", "report": "report"}
-
-
 def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     """Run every stage whose hash is not yet recorded as finished; returns the state."""
     run_dir, stages = load_recipe(recipe)
@@ -244,67 +240,6 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
     return state
 
 
-# --- stage kinds: each gets its settings, its own folder and the run folder; returns a JSON-able result
-
-
-def _config(cls, settings: dict, **forced):
-    from irlm.config_files import load_config
-
-    base = settings.pop("config", None)
-    overrides = [f"{k}={json.dumps(v)}" for k, v in {**settings, **forced}.items()]
-    return load_config(cls, base, overrides)
-
-
-def stage_data(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.data import load_dataset
-
-    out = {}
-    for name in s.get("names", [s.get("data", "scifact")]):
-        ds = load_dataset(name)
-        splits = {k: len(v) for k, v in ds.qrels.items()}
-        out[ds.name] = {"docs": len(ds.corpus), "queries": len(ds.queries), "splits": splits}
-    return out
-
-
-def stage_augment(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.methods.drama.augment import run_augment
-    from irlm.methods.drama.config import AugmentConfig
-
-    stats = run_augment(_config(AugmentConfig, s, out=str(folder / "examples.jsonl")))
-    return {k: v for k, v in stats.items() if k != "config"}
-
-
-def stage_prune(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.methods.drama.config import PruneConfig
-    from irlm.methods.drama.pretrain import prune
-
-    return _brief(prune(_config(PruneConfig, s, output_dir=str(folder))))
-
-
-def stage_pretrain(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.methods.drama.config import PretrainConfig
-    from irlm.methods.drama.pretrain import pretrain
-
-    return _brief(pretrain(_config(PretrainConfig, s, output_dir=str(folder))))
-
-
-def config_class(kind: str, settings: dict):
-    """The config dataclass a stage's settings fill (None for the built-in kinds), and its output field."""
-    import importlib
-
-    if kind == "train":
-        method = settings.get("method")
-        if method not in TRAINERS:
-            raise InputError(f"train stage: unknown method '{method}' ({', '.join(TRAINERS)})")
-        module, name, _ = TRAINERS[method]
-        out = "output_dir"
-    elif kind in CONFIGS:
-        module, name, out = CONFIGS[kind]
-    else:
-        return None, None
-    return getattr(importlib.import_module(module), name), out
-
-
 def check_settings(stages: list[dict], run_dir: Path) -> None:
     """Build every stage's config before the first stage runs: a typo in the last stage fails in a second,
     not after the stages before it have run for hours."""
@@ -327,91 +262,4 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
             _config(cls, settings, **{out: "unused"})
 
 
-def stage_train(s: dict, folder: Path, run_dir: Path) -> dict:
-    import importlib
-
-    cls, _ = config_class("train", s)
-    train_module = TRAINERS[s.pop("method")][2]
-    return _brief(importlib.import_module(train_module).train(_config(cls, s, output_dir=str(folder))))
-
-
-def stage_index(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.systems import build_retriever
-
-    kind, data = s.get("retriever", "bm25"), s.get("data", "scifact")
-    build_retriever(kind, data, s.get("model", "minilm-l6"), s.get("device")).save(folder)
-    return {"index": str(folder), "retriever": kind, "data": data}
-
-
-def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.data import load_dataset
-    from irlm.eval import evaluate, write_trec
-    from irlm.systems import build_retriever, load_retriever
-
-    data, split, k = s.get("data", "scifact"), s.get("split", "test"), _depth(s.get("k", 1000))
-    ds = load_dataset(data)
-    if split not in ds.qrels:
-        raise InputError(f"eval stage: dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
-    if s.get("index"):
-        system = load_retriever(s["index"], s.get("device"), data)
-    else:
-        system = build_retriever(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
-    run = system.search(ds.split_queries(split), k)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_trec(run, folder / "run.trec")  # the report's per-query comparisons read it
-    source = str(Path(data).resolve()) if Path(data).is_dir() else data  # what the report opens again
-    return {"system": eval_label(s), "metrics": {ds.name: evaluate(run, ds.qrels[split])}, "split": split,
-            "source": source}  # fmt: skip
-
-
-def eval_label(s: dict) -> str:
-    """An eval stage's system name: its label, else the dense model's name or the retriever kind."""
-    kind = s.get("retriever", "bm25")
-    return s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
-
-
-def _depth(k) -> int:
-    """An eval stage's k: a whole number of at least 1 (k: 0 would score an empty run)."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InputError(f"eval stage: k must be a whole number of at least 1, got {k!r}")
-    return k
-
-
-def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
-    from irlm.eval.report import write_report
-
-    return {"report": str(write_report(run_dir, folder, s.get("baseline"))), "baseline": s.get("baseline")}
-
-
-def check_baseline(stage: dict, stages: list[dict]) -> None:
-    """A report's `baseline` names a stage or an eval stage's system (or one's variant, `retriever+bm25`):
-    checked before any stage runs, not when the report is written after them."""
-    baseline = stage.get("baseline")
-    if baseline is None:
-        return
-    names = {st["name"] for st in stages} | {eval_label(st) for st in stages if st["kind"] == "eval"}
-    if not any(baseline.lower() == n.lower() or baseline.lower().startswith(f"{n.lower()}+") for n in names):
-        raise InputError(f"stage '{stage['name']}' setting baseline: '{baseline}' names no stage or system "
-                         f"(stages and systems: {', '.join(sorted(names))})")  # fmt: skip
-
-
-def _brief(result: dict) -> dict:
-    """What the report needs from a method's results: metrics and counts, not the whole config."""
-    return {k: v for k, v in (result or {}).items() if k != "config"}
-
-
 RECIPE_KEYS = ("run_dir", "stages")
-STAGE_TYPES = {  # the built-in stages' settings; k is checked by _depth
-    "names": list, "data": str, "retriever": str, "model": str, "device": str, "split": str, "index": str,
-    "label": str, "baseline": str,
-}  # fmt: skip
-STAGE_KEYS = {  # the settings each built-in stage reads (see its function above)
-    "data": {"names", "data"},
-    "index": {"retriever", "data", "model", "device"},
-    "eval": {"data", "split", "index", "retriever", "model", "device", "k", "label"},
-    "report": {"baseline"},  # the system every other is tested against (default: bm25 where there is one)
-}
-STAGES: dict[str, Callable[[dict, Path, Path], dict]] = {
-    "data": stage_data, "augment": stage_augment, "prune": stage_prune, "pretrain": stage_pretrain,
-    "train": stage_train, "index": stage_index, "eval": stage_eval, "report": stage_report,
-}  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from irlm import pipeline
+from irlm.configs import TRAINERS
 from irlm.errors import InputError
 from irlm.eval.report import write_report
 from irlm.utils import mark_as_irlm
@@ -231,7 +232,7 @@ def test_shipped_pipelines_name_known_methods_and_settings(recipe):
     folders = {st["name"]: Path("run") / st["name"] for st in stages}
     trains = [pipeline.resolve_refs(dict(st), folders) for st in stages if st["kind"] == "train"]
     for st in trains:
-        module, cls, _ = pipeline.TRAINERS[st["method"]]
+        module, cls, _ = TRAINERS[st["method"]]
         settings = {k: v for k, v in st.items() if k not in ("name", "kind", "method")}
         cfg = pipeline._config(getattr(importlib.import_module(module), cls), settings, output_dir="x")
         assert cfg.output_dir == "x" and all(getattr(cfg, k) == v for k, v in settings.items() if k != "config")
