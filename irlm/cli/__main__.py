@@ -1,0 +1,5 @@
+"""`python -m irlm.cli`."""
+
+from irlm.cli import run
+
+run()
