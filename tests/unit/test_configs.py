@@ -65,3 +65,11 @@ def test_train_config_takes_the_shared_fields_and_a_stage_override():
     tc = train_config(cfg, 5, output_dir="o/stage1", grad_accum=2)
     assert (tc.max_steps, tc.lr, tc.batch_size, tc.precision, tc.save_every, tc.seed) == (5, 1e-3, 4, "fp32", 3, 7)
     assert (tc.output_dir, tc.grad_accum) == ("o/stage1", 2)
+
+
+@pytest.mark.parametrize("words", [["train", m] for m in ("anchor", "drama", "selfretrieval", "reasoning")]
+                         + [["selfretrieval", "train"], ["prune"], ["pretrain"]])  # fmt: skip
+def test_every_settings_command_refuses_a_wrong_key_with_the_nearest(words):
+    result = CliRunner().invoke(app, [*words, "--set", "sed=1"])
+    assert isinstance(result.exception, InputError), result.output
+    assert "did you mean 'seed'" in str(result.exception)
