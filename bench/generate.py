@@ -160,7 +160,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from irlm.models.generator import SamplingParams
-    from irlm.models.generator.http import OpenAIGenerator
     from irlm.models.generator.local import TransformersGenerator
     from irlm.utils import bf16_is_faster
 
@@ -185,6 +184,8 @@ def main() -> None:
     local = TransformersGenerator(args.model, device=args.device, dtype=dtype, batch_size=args.batch_size)
     local_secs, local_out = timed(local, prompts, params, warm)
     del local  # the server process gets the machine to itself
+
+    from irlm.models.generator.http import OpenAIGenerator  # here: --no-http (the GPU machine) needs no openai
 
     port = free_port()
     proc = start_server(args, dtype, port)

@@ -51,15 +51,15 @@ def prune(cfg: PruneConfig) -> dict:
     """Learn the masks, export output_dir/final, and write summary.json (shapes and parameter counts)."""
     from transformers import AutoConfig
 
-    claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
-    init_distributed()
-    seed_everything(cfg.seed)
-    full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
-    model, tok = load_lm(cfg.model, cfg.device)
-    before = non_embedding_params(model)
     if not 0.0 <= cfg.harden < 1.0:
         raise InputError(f"harden is the share of steps that hardens the gates, in [0, 1), not {cfg.harden}",
                          field="harden")  # fmt: skip
+    full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
+    claim_folder(cfg.output_dir, "model")  # settings checked first: a refused run leaves no folder behind
+    init_distributed()
+    seed_everything(cfg.seed)
+    model, tok = load_lm(cfg.model, cfg.device)
+    before = non_embedding_params(model)
     task = PruneTask(model, tok, target, cfg.lr, cfg.mask_lr, cfg.lambda_lr, cfg.init_keep, cfg.target_warmup,
                      harden=cfg.harden, constrain_params=cfg.constrain_params, output_dir=cfg.output_dir)  # fmt: skip
     history = _train(task, _blocks(cfg.text, tok, cfg.block_size, cfg.max_blocks), cfg)
