@@ -19,7 +19,7 @@ from irlm.methods.drama.prune import PruneTask, Shape
 from irlm.models.resolve import resolve_model
 from irlm.train.lm import LMTask
 from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
-from irlm.utils import claim_folder, pick_device, write_json
+from irlm.utils import check_replaceable, claim_folder, pick_device, write_json
 
 
 def non_embedding_params(model) -> int:
@@ -54,6 +54,7 @@ def prune(cfg: PruneConfig) -> dict:
     if not 0.0 <= cfg.harden < 1.0:
         raise InputError(f"harden is the share of steps that hardens the gates, in [0, 1), not {cfg.harden}",
                          field="harden")  # fmt: skip
+    check_replaceable(cfg.output_dir, "output_dir", "model")  # before any model is read: another kind is refused
     full, target = check_target(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)))  # before loading weights
     claim_folder(cfg.output_dir, "model")  # settings checked first: a refused run leaves no folder behind
     init_distributed()
