@@ -107,3 +107,23 @@ def test_write_json(tmp_path):
 
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"a": [1, 2], "é": "ü"}
     assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_a_folder_replacing_a_folder_is_swapped_in_one_step_on_linux(tmp_path, monkeypatch):
+    """Where renameat2 exists (Linux, as here and in CI) the live index is exchanged atomically: two renames
+    would leave a moment with no folder at the path."""
+    import irlm.utils as utils
+
+    if utils._libc() is None or not hasattr(utils._libc(), "renameat2"):
+        pytest.fail("this test needs Linux's renameat2, which the project's machines and CI have")
+    target = tmp_path / "index"
+    with atomic_path(target, "index") as tmp:
+        tmp.mkdir()
+        (tmp / "meta.json").write_text('{"v": 1}')
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(utils.os, "replace", lambda a, b: renames.append((a, b)) or real(a, b))
+    with atomic_path(target, "index") as tmp:
+        tmp.mkdir()
+        (tmp / "meta.json").write_text('{"v": 2}')
+    assert renames == [] and (target / "meta.json").read_text() == '{"v": 2}'
