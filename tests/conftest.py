@@ -107,6 +107,23 @@ def lm_dir(llama_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tok(lm_dir):
+    """lm_dir's tokenizer (the Self-Retrieval tests' causal LM)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(lm_dir)
+
+
+@pytest.fixture(scope="module")
+def model(lm_dir):
+    """lm_dir as a causal LM in fp32, one per test module (a module may train or copy it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT with all-MiniLM-L6-v2's tokenizer, saved as a transformers folder."""

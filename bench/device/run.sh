@@ -14,7 +14,7 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-STAGE=${IRLM_STAGE:-/root/irlm-stage}
+STAGE=${IRLM_STAGE:-$HOME/irlm-stage}
 PY=${PYTHON:-python3}
 BOX=${IRLM_BOX:-480}
 T0=$(date +%s)

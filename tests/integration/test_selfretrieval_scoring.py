@@ -31,20 +31,6 @@ def corpus() -> Corpus:
     return Corpus([Document(i, text, title) for i, title, text in DOCS])
 
 
-@pytest.fixture(scope="module")
-def tok(lm_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(lm_dir)
-
-
-@pytest.fixture(scope="module")
-def model(lm_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).eval()
-
-
 def biased(model, favour: int, against: int):
     """A copy whose next-token logits are a constant: +3 on `favour`, 0 on `against` and -30 elsewhere."""
     out = copy.deepcopy(model)

@@ -8,8 +8,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # a path under a home, a scratch or a workplace folder names one machine's files, not the clone's
 LOCAL = re.compile(r"(?<![\w.~-])/(?:work|home|Users|root|tmp|mnt|scratch)/[\w.-]")
-# where a document names a path on another machine on purpose: (file, path) pairs
-ALLOWED = {("bench/device/README.md", "/root/irlm-stage")}  # the device side's staging folder (run.sh)
 
 
 def markdown_files() -> list[Path]:
@@ -21,8 +19,6 @@ def local_paths(path: Path) -> list[str]:
     rel = path.relative_to(ROOT).as_posix()
     found = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if any(rel == f and allowed in line for f, allowed in ALLOWED):
-            continue
         found += [f"{rel}:{n}: {m.group(0)}" for m in LOCAL.finditer(line)]
     return found
 
