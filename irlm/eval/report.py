@@ -13,6 +13,7 @@ from pathlib import Path
 
 from irlm.data.beir import iter_jsonl, read_json_file
 from irlm.errors import InputError
+from irlm.eval.expected import stage_metrics
 from irlm.eval.report_html import write_html
 from irlm.eval.significance import (
     DEFAULT_BASELINE,
@@ -32,13 +33,9 @@ def metric_rows(state: dict) -> list[dict]:
     """One row per (system, dataset): a stage's result `metrics` is {dataset: {metric: v}} or {metric: v}."""
     rows = []
     for name, rec in state.items():
-        result = rec.get("result") or {}
-        metrics = result.get("metrics")
-        if not metrics:
-            continue
-        per_data = metrics if all(isinstance(v, dict) for v in metrics.values()) else {"-": metrics}
-        for data, values in per_data.items():
-            rows.append({"system": result.get("system", name), "stage": name, "data": data, **values})
+        system = (rec.get("result") or {}).get("system", name)
+        for data, values in stage_metrics(rec).items():
+            rows.append({"system": system, "stage": name, "data": data, **values})
     return rows
 
 
