@@ -31,13 +31,13 @@ class SelfRetrievalConfig(TrainSettings):
     save_every: int = 100  # a third of the default 300 steps
     dev_queries: int = 0  # > 0: hold out this many train questions (a fixed draw) as dev; every scoring is scored there
     # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
-    # paper: S = softmax(P(t|q) / tau) * softmax((1 - P(reject)) / delta), so the passages under one title are
-    # ordered by the verdict, P(p|q,t) breaking ties; joint: P(t, p|q) as the first factor (irlm before issue 31)
-    scoring: str = "paper"
     title_beams: int = 5
     passage_beams: int = 10
+    # paper: S = softmax(P(t|q) / tau) * softmax((1 - P(reject)) / delta), so the passages under one title are
+    # ordered by the verdict, P(p|q,t) breaking ties; joint: P(t, p|q) as the first factor (irlm before issue 31)
     tau: float = 0.4
     delta: float = 0.4
+    scoring: str = "paper"
     max_title_tokens: int = 32
     max_answer_tokens: int = 16
     eval_limit: int = 0  # > 0: the first N eval questions (CPU budgets)
