@@ -4,7 +4,8 @@ The token embeddings and the first F layers are frozen, so the hidden state that
 a pure function of (frozen weights, token ids). It is computed once per distinct token sequence,
 kept on disk (bf16, memory-mapped) and reused by every later step, epoch, seed and recipe; forward
 and backward then run through layers F.. only. Every step is the step of the full model with those
-layers frozen (tests/integration/test_cached.py checks loss and gradients).
+layers frozen (tests/integration/test_cached.py checks loss and gradients). A causal LM trained with teacher
+forcing uses the same cache, fill and fingerprint: irlm.train.cached_lm.
 
 Causal attention makes a real token's state independent of right padding, so states are stored
 per sequence without padding and padded again at collate time.
@@ -47,6 +48,8 @@ _TORCH = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def decoder_of(model) -> nn.Module:
     """The module holding `embed_tokens`, `layers` and `norm` (through a peft wrapper, if any)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(base, "embed_tokens") and hasattr(base, "get_decoder"):  # a causal LM: its body
+        base = base.get_decoder()
     if all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return base
     kind = getattr(getattr(base, "config", None), "model_type", type(base).__name__)
@@ -108,6 +111,7 @@ class ActivationCache:
     def _claim(self, meta: dict) -> None:
         marker = self.folder / MARKER
         if marker.is_file():
+            self._check_same(marker, meta)
             return
         if self.folder.exists() and any(self.folder.iterdir()):
             raise InputError(f"{self.folder} exists and is not an irlm activation cache; choose another folder")
@@ -115,6 +119,16 @@ class ActivationCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(meta, indent=2) + "\n")
             (self.folder / "parts").mkdir(exist_ok=True)
+
+    def _check_same(self, marker: Path, meta: dict) -> None:
+        """States of other frozen weights or another F must never be read as ours (a folder given by hand)."""
+        try:
+            known = json.loads(marker.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            known = None
+        if known and meta.get("fingerprint") not in (None, known):
+            raise InputError(f"{self.folder} caches the states of another model or layer count (fingerprint {known}, "
+                             f"here {meta['fingerprint']}); choose another folder")  # fmt: skip
 
     def reload(self) -> None:
         """Read index.jsonl (other processes may have added to it); a torn last line is ignored."""
@@ -170,20 +184,57 @@ class ActivationCache:
         return sum(p.stat().st_size for p in (self.folder / "parts").glob("part-*.bin"))
 
 
+def fill_cache(cache: ActivationCache, rows: list[list[int]], compute, batch_size: int, device, desc: str,
+               progress: bool = True) -> int:  # fmt: skip
+    """Store the states of every distinct token sequence in `rows` that `cache` lacks, longest first (batches of
+    like lengths pad little); `compute(rows, keys)` runs the lower layers and adds the states. Returns how many."""
+    seqs = {ids_key(row): row for row in rows}
+    todo = sorted((k for k in seqs if k not in cache), key=lambda k: -len(seqs[k]))
+    fast = cache.dtype == "bf16" and bf16_is_faster(device)  # stored as bf16 anyway
+    precision = autocast(torch.device(device).type, "bf16" if fast else "fp32")
+    with precision, tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            keys = todo[start : start + batch_size]
+            compute([seqs[k] for k in keys], keys)
+            bar.update(len(keys))
+    return len(todo)
+
+
+def gather_states(cache: ActivationCache, rows: list[list[int]], width: int, compute) -> torch.Tensor:
+    """(B, width, C) layer-F states of `rows`, right-padded with zeros; rows nobody filled (an evaluation
+    corpus) are computed now by `compute(rows, keys)` and stored."""
+    keys = [ids_key(row) for row in rows]
+    missing = [i for i, k in enumerate(keys) if k not in cache]
+    fresh = {}
+    if missing:
+        fresh = dict(zip(missing, compute([rows[i] for i in missing], [keys[i] for i in missing])))
+    states = torch.zeros(len(rows), width, cache.dim, dtype=_TORCH[cache.dtype])
+    for i, k in enumerate(keys):
+        s = fresh[i] if i in fresh else cache.get(k)
+        states[i, : len(s)] = s.to(states.dtype)
+    return states
+
+
+def filled(wrapped, fill):
+    """`wrapped` (anything with a `cache`) after `fill()` ran on rank 0 alone, the other ranks waiting and then
+    reading its rows; `filled` on the result says how many sequences this process computed."""
+    rank, size = world()
+    wrapped.filled = fill() if rank == 0 else 0
+    if rank == 0:
+        tqdm.write(f"activation cache {wrapped.cache.folder}: {len(wrapped.cache.index)} sequences, "
+                   f"{wrapped.cache.nbytes() / 2**20:.0f} MB ({wrapped.filled} computed now)")  # fmt: skip
+    if size > 1:
+        dist.barrier()
+        wrapped.cache.reload()
+    return wrapped
+
+
 def cached_encoder(encoder: LLMEncoder, layers: int, texts: list[str], folder: str | Path | None = None,
                    dtype: str = "bf16") -> CachedEncoder:  # fmt: skip
     """Wrap `encoder` and cache `texts`: rank 0 computes what is missing, the other ranks wait and read it.
     `filled` on the result says how many sequences this process computed."""
-    rank, size = world()
-    enc = CachedEncoder.wrap(encoder, layers, folder, dtype, writable=rank == 0)
-    enc.filled = enc.fill(texts) if rank == 0 else 0
-    if rank == 0:
-        tqdm.write(f"activation cache {enc.cache.folder}: {len(enc.cache.index)} sequences, "
-                   f"{enc.cache.nbytes() / 2**20:.0f} MB ({enc.filled} computed now)")  # fmt: skip
-    if size > 1:
-        dist.barrier()
-        enc.cache.reload()
-    return enc
+    enc = CachedEncoder.wrap(encoder, layers, folder, dtype, writable=world()[0] == 0)
+    return filled(enc, lambda: enc.fill(texts))
 
 
 class CachedEncoder(LLMEncoder):
@@ -215,18 +266,9 @@ class CachedEncoder(LLMEncoder):
 
     def fill(self, texts: list[str], batch_size: int | None = None, progress: bool = True) -> int:
         """Cache every text's states that is not cached yet (tokenised as training does); returns how many."""
-        seqs = {ids_key(row): row for row in self.tokenize(list(dict.fromkeys(texts)))}
-        todo = sorted((k for k in seqs if k not in self.cache), key=lambda k: -len(seqs[k]))
-        bs = batch_size or self.config.batch_size
-        fast = self.cache.dtype == "bf16" and bf16_is_faster(self.device)  # stored as bf16 anyway
-        precision = autocast(torch.device(self.device).type, "bf16" if fast else "fp32")
-        desc = f"cache layer-{self.layers} states"
-        with precision, tqdm(total=len(todo), desc=desc, unit="text", disable=not progress) as bar:
-            for start in range(0, len(todo), bs):
-                keys = todo[start : start + bs]
-                self._compute([seqs[k] for k in keys], keys)
-                bar.update(len(keys))
-        return len(todo)
+        rows = self.tokenize(list(dict.fromkeys(texts)))
+        return fill_cache(self.cache, rows, self._compute, batch_size or self.config.batch_size, self.device,
+                          f"cache layer-{self.layers} states", progress)  # fmt: skip
 
     def _compute(self, rows: list[list[int]], keys: list[str]) -> list[torch.Tensor]:
         batch = super().collate(rows)
@@ -240,15 +282,7 @@ class CachedEncoder(LLMEncoder):
         batch = super().collate(ids)
         if self.tokenizer.padding_side != "right":
             raise InputError("cached activations need right padding (padding_side: right)")
-        keys = [ids_key(row) for row in ids]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        fresh = {}
-        if missing:  # texts nobody filled (an evaluation corpus): computed now and stored
-            fresh = dict(zip(missing, self._compute([ids[i] for i in missing], [keys[i] for i in missing])))
-        states = torch.zeros(*batch["input_ids"].shape, self.dim, dtype=_TORCH[self.cache.dtype])
-        for i, k in enumerate(keys):
-            s = fresh[i] if i in fresh else self.cache.get(k)
-            states[i, : len(s)] = s.to(states.dtype)
+        states = gather_states(self.cache, ids, batch["input_ids"].shape[1], self._compute)
         batch["inputs_embeds"] = states.to(self.device)
         return batch
 

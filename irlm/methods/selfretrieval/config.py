@@ -29,6 +29,9 @@ class SelfRetrievalConfig(TrainSettings):
     batch_size: int = 16  # examples per step
     lr: float = 1e-4  # its own, not the contrastive methods' 5e-5 (TrainSettings)
     save_every: int = 100  # a third of the default 300 steps
+    # > 0: freeze the embeddings and the first F layers and train the rest on their cached states (teacher forcing
+    # makes them a function of the tokens; irlm.train.cached_lm); 0: every weight trains, as before
+    cache_layers: int = 0
     dev_queries: int = 0  # > 0: hold out this many train questions (a fixed draw) as dev; every scoring is scored there
     # inference (paper: 5 titles, 10 passages per title, tau = delta = 0.4)
     title_beams: int = 5

@@ -68,6 +68,16 @@ def load_model(name: str, device: str | None):
     return model.to(pick_device(device)), AutoTokenizer.from_pretrained(path)
 
 
+def sft_task(cfg: SelfRetrievalConfig, model, tok, examples: list) -> SFTTask:
+    """The whole model trained (cache_layers 0), or its top on cached lower-layer states of every training
+    sequence, filled here before the first step (irlm.train.cached_lm); either way the model saved is whole."""
+    if not cfg.cache_layers:
+        return SFTTask(model, tok)
+    from irlm.train.cached_lm import CachedSFTTask, cached_lm
+
+    return CachedSFTTask(cached_lm(model, cfg.cache_layers, [p + t for p, t in examples]), tok)
+
+
 def train(cfg: SelfRetrievalConfig) -> dict:
     """Train, save output_dir/final (model + selfretrieval.json), evaluate; writes results.json."""
     claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
@@ -78,7 +88,9 @@ def train(cfg: SelfRetrievalConfig) -> dict:
     fmt = data.Format(tok, cfg.max_passage_tokens, cfg.max_prompt_tokens, cfg.titles)
     held_out = dev_qids(cfg, ds)
     examples, counts = build_examples(cfg, ds, fmt, held_out)
-    history = Trainer(SFTTask(model, tok), examples, train_config(cfg, cfg.steps)).fit() if cfg.steps else []
+    history = []
+    if cfg.steps:
+        history = Trainer(sft_task(cfg, model, tok, examples), examples, train_config(cfg, cfg.steps)).fit()
     if world()[0] != 0:
         return {}
     retriever = SelfRetriever(model, tok, ds.corpus, cfg)
