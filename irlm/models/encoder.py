@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from irlm.config_files import did_you_mean
 from irlm.errors import InputError
 from irlm.models import pooling
 from irlm.models.resolve import encoder_defaults, resolve_model
+from irlm.progress import bar as progress_bar
 from irlm.utils import atomic_path, bf16_is_faster, pick_device
 
 CONFIG_FILE = "irlm_encoder.json"
@@ -193,7 +193,7 @@ class LLMEncoder:
         order = np.argsort([-len(r) for r in ids], kind="stable")
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         bs = batch_size or self.config.batch_size
-        with tqdm(total=len(ids), desc=desc, unit="text", disable=not progress) as bar:
+        with progress_bar("eval", total=len(ids), desc=desc, unit="text", disable=not progress) as bar:
             for start in range(0, len(ids), bs):
                 idx = order[start : start + bs]
                 batch = self.collate([ids[i] for i in idx])

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from irlm.errors import InputError
 from irlm.models.encoder import LLMEncoder
+from irlm.progress import bar as progress_bar
 from irlm.train.loop import autocast, world
 from irlm.utils import bf16_is_faster, cache_dir
 
@@ -192,7 +193,8 @@ def fill_cache(cache: ActivationCache, rows: list[list[int]], compute, batch_siz
     todo = sorted((k for k in seqs if k not in cache), key=lambda k: -len(seqs[k]))
     fast = cache.dtype == "bf16" and bf16_is_faster(device)  # stored as bf16 anyway
     precision = autocast(torch.device(device).type, "bf16" if fast else "fp32")
-    with precision, tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress) as bar:
+    with precision, progress_bar("fill", whole=True, total=len(todo), desc=desc, unit="seq",
+                                 disable=not progress) as bar:  # fmt: skip
         for start in range(0, len(todo), batch_size):
             keys = todo[start : start + batch_size]
             compute([seqs[k] for k in keys], keys)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from irlm.config_files import did_you_mean
 from irlm.errors import InputError
+from irlm.progress import bar as progress_bar
 from irlm.train.settings import TrainSettings
 from irlm.utils import atomic_path, bf16_is_faster
 
@@ -282,7 +283,8 @@ class Trainer:
     def fit(self) -> list[dict]:
         self.resume()
         log = self._open_log()
-        bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=self.rank != 0)
+        bar = progress_bar("train", whole=True, total=self.cfg.max_steps, initial=self.step, desc="train",
+                           disable=self.rank != 0)  # fmt: skip
         history, start = [], time.perf_counter()
         while self.step < self.cfg.max_steps:
             parts = self.train_step()

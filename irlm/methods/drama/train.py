@@ -16,6 +16,7 @@ from irlm.data.training import TrainExample, held_out_qids, read_examples, recas
 from irlm.eval.benchmark import evaluate_dev, evaluate_encoder
 from irlm.methods.drama.config import RetrieverConfig
 from irlm.models import LLMEncoder
+from irlm.progress import stage_progress
 from irlm.train.cached import cached_encoder
 from irlm.train.contrastive import ContrastiveTask, batch_texts, qrels_examples
 from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
@@ -47,25 +48,57 @@ def train(cfg: RetrieverConfig) -> dict:
                                          max_length=cfg.max_length, dtype="fp32",
                                          lowercase=cfg.lowercase)  # fmt: skip
     encoder.config.dtype = "auto"  # fp32 master weights; the saved model loads as bf16 where faster
-    if cfg.cache_layers:
-        encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples),
-                                 cfg.activations or None, cfg.activation_dtype)  # fmt: skip
-    task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
-    history = Trainer(task, examples, train_config(cfg, cfg.steps)).fit()
-    if world()[0] != 0:
-        return {}
-    encoder.model.eval()
-    if bf16_is_faster(encoder.device):
-        encoder.model.to(torch.bfloat16)
+    texts = batch_texts(encoder, examples)
+    with stage_progress("retriever stage", stage_phases(cfg, encoder, texts, held_out), disable=world()[0] != 0):
+        if cfg.cache_layers:
+            encoder = cached_encoder(encoder, cfg.cache_layers, texts, cfg.activations or None, cfg.activation_dtype)
+        task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
+        history = Trainer(task, examples, train_config(cfg, cfg.steps)).fit()
+        if world()[0] != 0:
+            return {}
+        metrics = evaluate_trained(cfg, encoder, held_out)
     sources = Counter(ex.meta.get("strategy", "original") for ex in examples)
-    built = {}  # the dev queries and the test queries of one corpus search one index of it (dense and BM25)
-    metrics, weight = evaluate_dev(encoder, cfg.data, cfg.train_split, held_out, cfg.output_dir, cfg.hybrid,
-                                   built)  # the weight serves every eval set
-    metrics.update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid, built=built,
-                                    fusion_weight=weight))  # fmt: skip
     results = {"config": asdict(cfg), "examples": dict(sources), "final_loss": history[-1] if history else None,
                "metrics": metrics}  # fmt: skip
     write_json(Path(cfg.output_dir) / "results.json", results)
     print(json.dumps({"method": "drama", "output_dir": cfg.output_dir, "examples": dict(sources),
                       **{f"{d}_ndcg@10": m["ndcg@10"] for d, m in results["metrics"].items()}}))  # fmt: skip
     return results
+
+
+def evaluate_trained(cfg: RetrieverConfig, encoder, held_out: set[str]) -> dict:
+    """Dev (tuning the fusion weight), then each eval set once with that weight."""
+    encoder.model.eval()
+    if bf16_is_faster(encoder.device):
+        encoder.model.to(torch.bfloat16)
+    built = {}  # the dev queries and the test queries of one corpus search one index of it (dense and BM25)
+    metrics, weight = evaluate_dev(encoder, cfg.data, cfg.train_split, held_out, cfg.output_dir, cfg.hybrid, built)
+    metrics.update(evaluate_encoder(encoder, cfg.eval_data, runs_dir=cfg.output_dir, hybrid=cfg.hybrid, built=built,
+                                    fusion_weight=weight))  # fmt: skip
+    return metrics
+
+
+def stage_phases(cfg: RetrieverConfig, encoder, fill: list[str], held_out: set[str]) -> dict:
+    """{phase: (cost, items)} for the stage's progress line. Cost in token-layers (a token through one layer,
+    forward; training counts the backward as two more); tokens estimated as characters / 4, the same error
+    in every phase, so the ratios hold."""
+    from irlm.data import load_dataset
+
+    n_layers, top = encoder.model.config.num_hidden_layers, encoder.model.config.num_hidden_layers - cfg.cache_layers
+
+    def tokens(texts) -> float:
+        return sum(min(cfg.max_length, len(t) // 4 + 1) for t in texts)
+
+    phases = {"fill": (tokens(fill) * cfg.cache_layers, len(fill))} if cfg.cache_layers else {}
+    per_text = tokens(fill) / max(1, len(fill))
+    phases["train"] = (cfg.steps * cfg.batch_size * (2 + cfg.n_negatives) * per_text * top * 3, cfg.steps)
+    cached, cost, items = set(fill) if cfg.cache_layers else set(), 0.0, 0
+    for name in dict.fromkeys(([cfg.data] if held_out else []) + list(cfg.eval_data)):
+        ds = load_dataset(name)
+        docs = [encoder.config.passage_prefix + t for t in ds.corpus.texts()]
+        n_test = len(ds.split_queries("test")) if name in cfg.eval_data else 0
+        n_queries = n_test + (len(held_out) if name == cfg.data else 0)
+        cost += sum(tokens([d]) * (top if d in cached else n_layers) for d in docs) + 16 * n_layers * n_queries
+        items += len(docs) + n_queries
+    phases["eval"] = (cost, items)
+    return phases
