@@ -617,3 +617,35 @@ def test_sft_only_cold_start_steps_skip_the_documents(emb, monkeypatch):
     parts = task.step(EXAMPLES)
     assert widths == [2] and "infonce" not in parts and parts["sft"] > 0  # the queries' forward only
     assert emb.model.get_input_embeddings().weight.grad[emb.end].abs().sum() > 0
+
+
+def test_the_cold_start_teaches_thoughts_cut_to_thought_tokens_not_the_budget(lm_dir, toy_beir, tmp_path, monkeypatch):
+    """thought_tokens cuts the teacher's thoughts below the generation budget (reasoning_tokens), so a greedy
+    thought a token or two longer than the ones it was taught still closes within the budget."""
+    from irlm.errors import InputError
+    from irlm.methods.reasoning import train as T
+    from irlm.methods.reasoning.config import ReasoningConfig
+
+    keywords = "superposition, entanglement, decoherence, interference, measurement, amplitude"
+    rows = [{"query_id": q, "reasoning": keywords, "teacher": "t"} for q in ("q1", "q2", "q3")]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+
+    class Recorder:  # the examples the cold start trains on, without training
+        def __init__(self, task, examples, config):
+            seen.extend(examples)
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(T, "Trainer", Recorder)
+    common = {"data": str(toy_beir), "train_split": "test", "eval_data": [], "reasoning_file": str(tmp_path / "r.jsonl"),
+              "max_length": 48, "reasoning_tokens": 12, "precision": "fp32", "device": "cpu", "steps": 1}  # fmt: skip
+    T.train(ReasoningConfig(model=str(lm_dir), thought_tokens=6, output_dir=str(tmp_path / "cold"), **common))
+    emb = ReasoningEmbedder.from_pretrained(str(lm_dir), device="cpu", reasoning_tokens=12)
+    at_budget = T.fit_budget({"reasoning": keywords}, emb)["reasoning"]
+    assert len(emb.ids(" " + at_budget)) > 6  # the budget alone would keep longer thoughts
+    assert len(seen) == 3 and all(0 < len(emb.ids(" " + ex["reasoning"])) <= 6 for ex in seen)
+    assert T.thought_budget(ReasoningConfig(**common)) == 12  # 0: the teacher's thoughts fill the budget
+    with pytest.raises(InputError, match="thought_tokens"):
+        T.train(ReasoningConfig(model=str(lm_dir), thought_tokens=13, output_dir=str(tmp_path / "c2"), **common))

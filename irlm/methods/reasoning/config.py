@@ -23,6 +23,10 @@ class ReasoningConfig(TrainSettings):
     teacher: str = "smollm2-135m"
     prf_docs: int = 3  # prf-bm25: feedback documents per query
     reasoning_tokens: int = 16  # LREM: reasoning of at most 16 tokens
+    # cold start: the teacher's thoughts are cut to the whole keywords that fit in this many tokens (0 =
+    # reasoning_tokens). Below the budget it leaves a margin: greedy thoughts run a token or two longer than
+    # the thoughts they were taught, and cut at the budget itself they then close past it
+    thought_tokens: int = 0
     max_keywords: int = 16
     max_length: int = 128
     max_queries: int = 0  # stage data: reason about the first N train queries only (0 = all)

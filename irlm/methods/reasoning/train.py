@@ -155,17 +155,19 @@ def replace_reasoning(examples: list[dict], source: str, seed: int = 0) -> list[
     return [{**ex, "reasoning": fill(ex)} for ex in examples]
 
 
-def fit_budget(example: dict, emb: ReasoningEmbedder) -> dict:
-    """The example with its keyword reasoning cut to the whole keywords that fit in reasoning_tokens (LREM:
-    reasoning of at most 16 tokens), not cut mid-word at the budget: the teacher-forced thought then ends
-    where a thought can end, so the model learns to close after a keyword list, not to count to 16. A first
-    keyword longer than the budget alone is kept (query_ids cuts it); ablations other than keywords pass."""
+def fit_budget(example: dict, emb: ReasoningEmbedder, budget: int | None = None) -> dict:
+    """The example with its keyword reasoning cut to the whole keywords that fit in `budget` tokens (default
+    reasoning_tokens, LREM's at most 16; thought_tokens sets a smaller one), not cut mid-word at the budget:
+    the teacher-forced thought then ends where a thought can end, so the model learns to close after a
+    keyword list, not to count to 16. A first keyword longer than the budget alone is kept (query_ids cuts
+    it at reasoning_tokens); ablations other than keywords pass."""
+    budget = budget or emb.reasoning_tokens
     words = _keywords(example.get("reasoning"))
     if len(words) < 2:
         return example
     kept = words[:1]
     for word in words[1:]:
-        if len(emb.ids(" " + render([*kept, word]))) > emb.reasoning_tokens:
+        if len(emb.ids(" " + render([*kept, word]))) > budget:
             break
         kept.append(word)
     return {**example, "reasoning": render(kept)}
@@ -189,6 +191,7 @@ def train(cfg: ReasoningConfig) -> dict:
     if cfg.stage not in STAGES:
         raise InputError(f"unknown stage '{cfg.stage}' ({', '.join(STAGES)})")
     check_source(cfg.reasoning)
+    budget = thought_budget(cfg)  # refused before any model loads
     if cfg.stage == "data":
         return make_reasoning(cfg)
     claim_folder(cfg.output_dir, "model")  # before any model loads: a folder of another kind is refused
@@ -201,7 +204,7 @@ def train(cfg: ReasoningConfig) -> dict:
         examples = replace_reasoning(read_reasoning(cfg.reasoning_file, cfg.data, cfg.train_split),
                                      cfg.reasoning, cfg.seed)  # fmt: skip
         keywords = cfg.reasoning in ("teacher", "random")  # the other fillers are no keyword lists
-        examples = [fit_budget(ex, emb) if keywords else ex for ex in examples if ex["query_id"] not in dev]
+        examples = [fit_budget(ex, emb, budget) if keywords else ex for ex in examples if ex["query_id"] not in dev]
         task = ColdStartTask(emb, cfg.lambda_sft, cfg.lambda_nce, cfg.temperature, probe=list(dev.values()),
                              probe_every=cfg.probe_every, lambda_sft_early=cfg.lambda_sft_early,
                              early_steps=cfg.sft_early_steps)  # fmt: skip
@@ -231,6 +234,14 @@ def train(cfg: ReasoningConfig) -> dict:
                       **{f"{d}_{k}": m[k] for d, m in results["metrics"].items() for k in ("ndcg@10", "closed")
                          if k in m}}))  # fmt: skip
     return results
+
+
+def thought_budget(cfg: ReasoningConfig) -> int:
+    """Tokens a teacher thought is cut to in cold start: thought_tokens, at most the generation budget."""
+    if not 0 <= cfg.thought_tokens <= cfg.reasoning_tokens:
+        raise InputError(f"thought_tokens must be between 0 and reasoning_tokens ({cfg.reasoning_tokens}), "
+                         f"not {cfg.thought_tokens}", field="thought_tokens")  # fmt: skip
+    return cfg.thought_tokens or cfg.reasoning_tokens
 
 
 def train_config(cfg: ReasoningConfig) -> TrainConfig:
