@@ -20,6 +20,7 @@ several under gradient caching, so DDP's hook-based sync is not used).
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -103,6 +104,14 @@ def init_distributed() -> None:
         if torch.cuda.is_available():  # one GPU per process: "cuda" then means this rank's device
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_distributed)
+
+
+def _leave_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to the exit itself, gloo's threads can
+    abort a rank ("terminate called without an active exception") while its peer still talks to it."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
