@@ -649,3 +649,17 @@ def test_the_cold_start_teaches_thoughts_cut_to_thought_tokens_not_the_budget(lm
     assert T.thought_budget(ReasoningConfig(**common)) == 12  # 0: the teacher's thoughts fill the budget
     with pytest.raises(InputError, match="thought_tokens"):
         T.train(ReasoningConfig(model=str(lm_dir), thought_tokens=13, output_dir=str(tmp_path / "c2"), **common))
+
+
+def test_the_early_sft_weight_holds_for_exactly_the_first_sft_early_steps(lm_dir, toy_beir, tmp_path):
+    from irlm.methods.reasoning.config import ReasoningConfig
+    from irlm.methods.reasoning.train import train
+
+    common = {"data": str(toy_beir), "train_split": "test", "eval_data": [], "teacher": "prf-positive",
+              "reasoning_file": str(tmp_path / "r.jsonl"), "max_length": 48, "reasoning_tokens": 4, "batch_size": 2,
+              "precision": "fp32", "save_every": 0, "device": "cpu"}  # fmt: skip
+    train(ReasoningConfig(stage="data", **common))
+    train(ReasoningConfig(model=str(lm_dir), output_dir=str(tmp_path / "cold"), steps=4, lambda_sft=0.5,
+                          lambda_sft_early=3.0, sft_early_steps=2, **common))  # fmt: skip
+    log = [json.loads(line) for line in open(tmp_path / "cold" / "log.jsonl")]
+    assert [row["lambda_sft"] for row in log] == [3.0, 3.0, 0.5, 0.5]
