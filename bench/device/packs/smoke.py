@@ -14,6 +14,7 @@ from .common import BASE, REPO, Row
 # every key is set only where the row's config dataclass has that field
 SMOKE = {"steps": 2, "batch_size": 4, "max_length": 48, "target_max_length": 16, "n_negatives": 1, "cache_chunk": 0,
          "save_every": 1000, "precision": "fp32", "n": 6, "top_k": 10, "max_queries": 8, "reasoning_tokens": 6,
+         "thought_tokens": 4,  # under the smoke's reasoning_tokens, as a recipe's must be
          "group": 2, "env_docs": 20, "max_passage_tokens": 16, "max_prompt_tokens": 24, "eval_limit": 3,
          "title_beams": 2, "passage_beams": 2, "batch_queries": 4, "block_size": 32, "max_blocks": 8, "layers": 2,
          "hidden": 16, "kv_heads": 1, "intermediate": 32, "token_budget": None, "dev_queries": 3,
