@@ -201,6 +201,13 @@ def test_data_coldstart_grpo_end_to_end(lm_dir, toy_beir, tmp_path):
     assert grpo["final"]["reencoded"] >= 2 and "reward_mean" in grpo["final"] and 0.0 <= grpo["metrics"][str(toy_beir)]["ndcg@10"] <= 1.0
     log = [json.loads(line) for line in open(tmp_path / "grpo" / "log.jsonl")]
     assert "reward_mean" in log[-1]
+    # the test run is kept as DATA.trec (what `irlm compare` and the report test per query): it scores as reported
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate, read_trec
+
+    ds = load_dataset(str(toy_beir))
+    kept = evaluate(read_trec(tmp_path / "grpo" / f"{ds.name}.trec"), ds.qrels["test"])
+    assert kept["ndcg@10"] == pytest.approx(grpo["metrics"][str(toy_beir)]["ndcg@10"])
 
 
 def test_held_out_dev_queries_and_negatives_in_training(lm_dir, toy_beir, tmp_path):

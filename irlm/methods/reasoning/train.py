@@ -224,7 +224,8 @@ def train(cfg: ReasoningConfig) -> dict:
     thinking = "none" if cfg.reasoning == "none" else cfg.eval_reasoning  # a model never taught to think
     fill = ablation_filler(cfg.reasoning, examples, cfg.seed) if thinking == "source" else None
     with autocast(emb.device.type, cfg.precision):
-        metrics = evaluate_reasoner(emb, cfg.eval_data, thinking, fill=fill)
+        # each test run kept (DATA.trec) so `irlm compare` / `irlm report` test rows against each other per query
+        metrics = evaluate_reasoner(emb, cfg.eval_data, thinking, fill=fill, runs_dir=cfg.output_dir)
         if dev and thinking == "self":  # the format on queries never trained on; no corpus index needed
             metrics[f"{cfg.data}-dev"] = thought_metrics(emb, emb.sample(list(dev.values()), 1, do_sample=False))
     results = {"config": asdict(cfg), "examples": len(examples), "final": history[-1] if history else None,
@@ -318,11 +319,11 @@ def ablation_filler(source: str, examples: list[dict], seed: int = 0):
 
 
 def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str = "self", split: str = "test",
-                      k: int = 1000, fill=None) -> dict[str, dict]:  # fmt: skip
+                      k: int = 1000, fill=None, runs_dir: str | None = None) -> dict[str, dict]:  # fmt: skip
     """nDCG@10 etc. per dataset through the shared ReasoningRetriever; queries think first (`self`: greedy,
     the model's own reasoning), embed directly (`none`), or carry `fill(query_id, query)` in <think>
-    (`source`, the ablations' own form)."""
-    from irlm.eval import evaluate
+    (`source`, the ablations' own form). With `runs_dir`, each run is kept there as DATASET.trec."""
+    from irlm.eval import evaluate, write_trec
 
     out = {}
     for name in names:
@@ -330,7 +331,10 @@ def evaluate_reasoner(emb: ReasoningEmbedder, names: list[str], reasoning: str =
         queries = ds.split_queries(split)
         system = ReasoningRetriever.build(ds.corpus, emb, reasoning, fill)
         samples = system.think(queries)
-        out[name] = evaluate(system.search(queries, k, samples), ds.qrels[split])
+        run = system.search(queries, k, samples)
+        out[name] = evaluate(run, ds.qrels[split])
+        if runs_dir:
+            write_trec(run, Path(runs_dir) / f"{ds.name}.trec", tag="reasoning")
         if samples:
             out[name].update(thought_metrics(emb, samples))
     return out
