@@ -100,12 +100,29 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
         system = load_retriever(s["index"], s.get("device"), data)
     else:
         system = build_retriever(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
-    run = system.search(ds.split_queries(split), k)
+    queries, qrels = first_queries(ds, split, _limit(s.get("limit", 0)))
+    run = system.search(queries, k)
     folder.mkdir(parents=True, exist_ok=True)
     write_trec(run, folder / "run.trec")  # the report's per-query comparisons read it
     source = str(Path(data).resolve()) if Path(data).is_dir() else data  # what the report opens again
-    return {"system": eval_label(s), "metrics": {ds.name: evaluate(run, ds.qrels[split])}, "split": split,
+    return {"system": eval_label(s), "metrics": {ds.name: evaluate(run, qrels)}, "split": split,
             "source": source}  # fmt: skip
+
+
+def first_queries(ds, split: str, limit: int) -> tuple[dict, dict]:
+    """The split's queries and qrels, cut to its first `limit` queries in file order (0 = all), as `irlm eval
+    --limit` cuts them."""
+    queries = ds.split_queries(split)
+    if not limit:
+        return queries, ds.qrels[split]
+    queries = dict(list(queries.items())[:limit])
+    return queries, {q: judged for q, judged in ds.qrels[split].items() if q in queries}
+
+
+def _limit(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"eval stage: field 'limit' must be a whole number >= 0 (0 = all queries), not {value!r}")
+    return value
 
 
 def eval_label(s: dict) -> str:
@@ -151,7 +168,7 @@ STAGE_TYPES = {  # the built-in stages' settings; k is checked by _depth
 STAGE_KEYS = {  # the settings each built-in stage reads (see its function above)
     "data": {"names", "data"},
     "index": {"retriever", "data", "model", "device"},
-    "eval": {"data", "split", "index", "retriever", "model", "device", "k", "label"},
+    "eval": {"data", "split", "index", "retriever", "model", "device", "k", "label", "limit"},
     "report": {"baseline"},  # the system every other is tested against (default: bm25 where there is one)
 }
 STAGES: dict[str, Callable[[dict, Path, Path], dict]] = {

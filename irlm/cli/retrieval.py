@@ -188,6 +188,7 @@ def eval_cmd(
     from irlm.data import load_dataset
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
+    from irlm.stages import first_queries
 
     refuse_unused(ctx, *_eval_unused(retriever, run, index))
     fusion, weight = _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
@@ -196,7 +197,7 @@ def eval_cmd(
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
     chosen = [m.strip() for m in metrics.split(",")] if metrics else DEFAULT_METRICS
     check_metrics(chosen)
-    queries = dict(list(ds.split_queries(split).items())[: limit or None])
+    queries, qrels = first_queries(ds, split, limit)
     if run:
         result = {q: docs for q, docs in read_trec(run).items() if q in queries}
     else:
@@ -204,7 +205,6 @@ def eval_cmd(
         result = system.search(queries, k)
     if out_run:
         write_trec(result, out_run)
-    qrels = {q: judged for q, judged in ds.qrels[split].items() if q in queries} if limit else ds.qrels[split]
     metrics = evaluate(result, qrels, chosen)
     label = str(run or index or (model if retriever == "dense" else retriever))
     _report({"data": ds.name, "split": split, "system": label, **metrics}, as_json)

@@ -178,7 +178,9 @@ def test_curve_panels_split_by_stage_and_keep_losses_apart_from_bookkeeping():
                       "clip_fraction": 0.0}]}  # fmt: skip
     loss = curve_panels(logs, "loss")
     assert {run: [k for k, _, _ in series] for run, series in loss.items()} == {
-        "prune": ["lm", "penalty"], "grpo": ["grpo", "infonce"]}
+        "prune": ["lm", "penalty"],
+        "grpo": ["grpo", "infonce"],
+    }
     assert loss["prune"][0] == ("lm", [1, 2], [4.0, 3.5])
     assert curve_panels(logs, "reward") == {"grpo": [("reward_mean", [1], [0.4])]}
 
@@ -235,7 +237,9 @@ def test_shipped_pipelines_name_known_methods_and_settings(recipe):
         module, cls, _ = TRAINERS[st["method"]]
         settings = {k: v for k, v in st.items() if k not in ("name", "kind", "method")}
         cfg = pipeline._config(getattr(importlib.import_module(module), cls), settings, output_dir="x")
-        assert cfg.output_dir == "x" and all(getattr(cfg, k) == v for k, v in settings.items() if k not in ("config", "expected"))
+        assert cfg.output_dir == "x" and all(
+            getattr(cfg, k) == v for k, v in settings.items() if k not in ("config", "expected")
+        )
     assert all(st["kind"] in pipeline.STAGES for st in stages)
 
 
@@ -283,3 +287,26 @@ def test_editing_a_stage_config_file_reruns_it_and_force_starts_empty(tmp_path, 
     pipeline.run_pipeline(path)  # the file it names changed: runs, from an empty folder
     pipeline.run_pipeline(path, force=True)
     assert seen == [[], [], []]
+
+
+def test_an_eval_stage_scores_the_first_limit_queries_as_irlm_eval_does(tmp_path, toy_beir):
+    from irlm.data import load_dataset
+    from irlm.eval import evaluate
+    from irlm.index import BM25Retriever
+
+    ds = load_dataset(str(toy_beir))
+    first = dict(list(ds.split_queries("test").items())[:2])
+    stages = [{"name": "bm25", "kind": "eval", "data": str(toy_beir), "retriever": "bm25", "k": 10, "limit": 2}]
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    pipeline.run_pipeline(path)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    qrels = {q: judged for q, judged in ds.qrels["test"].items() if q in first}
+    expected = evaluate(BM25Retriever.build(ds.corpus).search(first, 10), qrels)
+    assert len(first) == 2 < len(ds.split_queries("test"))
+    assert state["bm25"]["result"]["metrics"]["toy"] == pytest.approx(expected)
+    assert {line.split()[0] for line in (tmp_path / "run" / "bm25" / "run.trec").read_text().splitlines()} == set(first)
+    stages[0]["limit"] = -1
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run2"), "stages": stages}))
+    with pytest.raises(InputError, match="limit"):
+        pipeline.run_pipeline(path)
