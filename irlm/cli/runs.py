@@ -32,12 +32,14 @@ def compare(
     seed: int = typer.Option(42, help="Seed of the randomization test and the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line instead of the table."),
     device: str | None = DeviceOpt,
+    limit: int = typer.Option(0, min=0, help="Compare on the split's first N queries only (file order; 0 = all)."),
 ) -> None:
     """Compare runs with the first, query by query: mean, difference with 95 % bootstrap CI, paired
     randomization and t-test p-values (Holm-corrected over the systems), wins/ties/losses."""
     from irlm.data import load_dataset
     from irlm.eval.compare import compare_runs
     from irlm.eval.metrics import check_metrics
+    from irlm.stages import first_queries
 
     listed = [m.strip() for m in (metrics or "").split(",") if m.strip()]
     chosen = check_metrics(list(dict.fromkeys(["ndcg@10", *listed])))
@@ -52,9 +54,9 @@ def compare(
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
-    queries = ds.split_queries(split)
+    queries, qrels = first_queries(ds, split, limit)  # runs of `irlm eval --limit N` compare on the same N
     loaded = {str(r): _load_run(r, queries, k, device, data) for r in runs}
-    rows = compare_runs(loaded, ds.qrels[split], chosen, permutations, seed)
+    rows = compare_runs(loaded, qrels, chosen, permutations, seed)
     if as_json:
         print(json.dumps({"data": data, "split": split, "baseline": str(runs[0]), "rows": rows}))
         return

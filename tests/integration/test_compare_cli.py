@@ -112,3 +112,17 @@ def test_a_saved_system_is_searched_on_the_split(tmp_path, toy_beir):
     base, saved = json.loads(out.stdout)["rows"]
     assert saved["system"] == str(tmp_path / "bm25") and saved["mean"] == base["mean"]
     assert saved["ties"] == 3 and saved["p_randomization"] == 1.0
+
+
+def test_limit_compares_on_the_splits_first_queries_as_irlm_eval_limit_does(runs):
+    from irlm.stages import first_queries
+
+    folder, made, _ = runs
+    queries, qrels = first_queries(load_dataset("scifact"), "test", 10)
+    out = irlm("compare", str(folder / "base.trec"), str(folder / "mixed.trec"), "--data", "scifact", "--limit",
+               "10", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    mixed = json.loads(out.stdout)["rows"][1]
+    want = evaluate({q: made["mixed"][q] for q in queries}, qrels, ["ndcg@10"])["ndcg@10"]
+    assert mixed["queries"] == 10 and mixed["mean"] == pytest.approx(want, abs=1e-6)
+    assert mixed["wins"] + mixed["ties"] + mixed["losses"] == 10
