@@ -31,7 +31,16 @@ from pathlib import Path
 from irlm.config_files import Expected, did_you_mean, parse_expected, read_yaml, yaml_loader
 from irlm.data.beir import read_json_file
 from irlm.errors import InputError
-from irlm.stages import STAGE_KEYS, STAGE_OUTPUT, STAGE_TYPES, STAGES, _config, _depth, check_baseline, config_class
+from irlm.stages import (
+    STAGE_KEYS,
+    STAGE_OUTPUT,
+    STAGE_TYPES,
+    STAGES,
+    _config,
+    check_baseline,
+    config_class,
+    eval_depth_and_limit,
+)
 from irlm.utils import (
     check_output,
     claim_folder,
@@ -247,7 +256,7 @@ def check_settings(stages: list[dict], run_dir: Path) -> None:
     for st in stages:
         settings = resolve_refs({k: v for k, v in st.items() if k not in ("name", "kind")}, folders)
         if st["kind"] == "eval":
-            _depth(settings.get("k", 1000))
+            eval_depth_and_limit(settings)
         if st["kind"] == "report":
             check_baseline(st, stages)
         if st["kind"] in ("eval", "index"):

@@ -92,7 +92,8 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
     from irlm.eval import evaluate, write_trec
     from irlm.systems import build_retriever, load_retriever
 
-    data, split, k = s.get("data", "scifact"), s.get("split", "test"), _depth(s.get("k", 1000))
+    data, split = s.get("data", "scifact"), s.get("split", "test")
+    k, limit = eval_depth_and_limit(s)
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"eval stage: dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
@@ -100,7 +101,7 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
         system = load_retriever(s["index"], s.get("device"), data)
     else:
         system = build_retriever(s.get("retriever", "bm25"), data, s.get("model", "minilm-l6"), s.get("device"))
-    queries, qrels = first_queries(ds, split, _limit(s.get("limit", 0)))
+    queries, qrels = ds.first_queries(split, limit)
     run = system.search(queries, k)
     folder.mkdir(parents=True, exist_ok=True)
     write_trec(run, folder / "run.trec")  # the report's per-query comparisons read it
@@ -109,33 +110,23 @@ def stage_eval(s: dict, folder: Path, run_dir: Path) -> dict:
             "source": source}  # fmt: skip
 
 
-def first_queries(ds, split: str, limit: int) -> tuple[dict, dict]:
-    """The split's queries and qrels, cut to its first `limit` queries in file order (0 = all), as `irlm eval
-    --limit` cuts them."""
-    queries = ds.split_queries(split)
-    if not limit:
-        return queries, ds.qrels[split]
-    queries = dict(list(queries.items())[:limit])
-    return queries, {q: judged for q, judged in ds.qrels[split].items() if q in queries}
-
-
-def _limit(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"eval stage: field 'limit' must be a whole number >= 0 (0 = all queries), not {value!r}")
-    return value
-
-
 def eval_label(s: dict) -> str:
     """An eval stage's system name: its label, else the dense model's name or the retriever kind."""
     kind = s.get("retriever", "bm25")
     return s.get("label") or (s.get("model", "minilm-l6") if kind == "dense" else kind)
 
 
-def _depth(k) -> int:
-    """An eval stage's k: a whole number of at least 1 (k: 0 would score an empty run)."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InputError(f"eval stage: k must be a whole number of at least 1, got {k!r}")
-    return k
+def eval_depth_and_limit(s: dict) -> tuple[int, int]:
+    """An eval stage's k (at least 1: k 0 would score an empty run) and limit (0 = every query)."""
+    return _whole(s, "k", 1000, least=1), _whole(s, "limit", 0, least=0)
+
+
+def _whole(s: dict, key: str, default: int, least: int) -> int:
+    """An eval stage's whole-number setting (k, limit), at least `least`."""
+    value = s.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InputError(f"eval stage: {key} must be a whole number of at least {least}, got {value!r}")
+    return value
 
 
 def stage_report(s: dict, folder: Path, run_dir: Path) -> dict:
@@ -161,7 +152,7 @@ def _brief(result: dict) -> dict:
     return {k: v for k, v in (result or {}).items() if k != "config"}
 
 
-STAGE_TYPES = {  # the built-in stages' settings; k is checked by _depth
+STAGE_TYPES = {  # the built-in stages' settings; k and limit are checked by _whole
     "names": list, "data": str, "retriever": str, "model": str, "device": str, "split": str, "index": str,
     "label": str, "baseline": str,
 }  # fmt: skip

@@ -52,6 +52,15 @@ class Dataset:
         judged = self.qrels[split]
         return {qid: text for qid, text in self.queries.items() if qid in judged}
 
+    def first_queries(self, split: str, limit: int = 0) -> tuple[Queries, Qrels]:
+        """The split's first `limit` judged queries in file order (0 = all) and their qrels: what `irlm eval`,
+        `irlm compare` and eval stages score with a limit, so their numbers agree."""
+        queries = self.split_queries(split)
+        if not limit:
+            return queries, self.qrels[split]
+        queries = dict(list(queries.items())[:limit])
+        return queries, {q: judged for q, judged in self.qrels[split].items() if q in queries}
+
 
 class Encoder(Protocol):
     def encode_queries(self, queries: list[str], **kw) -> np.ndarray: ...

@@ -188,7 +188,6 @@ def eval_cmd(
     from irlm.data import load_dataset
     from irlm.eval import DEFAULT_METRICS, evaluate, read_trec, write_trec
     from irlm.eval.metrics import check_metrics
-    from irlm.stages import first_queries
 
     refuse_unused(ctx, *_eval_unused(retriever, run, index))
     fusion, weight = _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run, index)
@@ -197,7 +196,7 @@ def eval_cmd(
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
     chosen = [m.strip() for m in metrics.split(",")] if metrics else DEFAULT_METRICS
     check_metrics(chosen)
-    queries, qrels = first_queries(ds, split, limit)
+    queries, qrels = ds.first_queries(split, limit)
     if run:
         result = {q: docs for q, docs in read_trec(run).items() if q in queries}
     else:

@@ -39,7 +39,6 @@ def compare(
     from irlm.data import load_dataset
     from irlm.eval.compare import compare_runs
     from irlm.eval.metrics import check_metrics
-    from irlm.stages import first_queries
 
     listed = [m.strip() for m in (metrics or "").split(",") if m.strip()]
     chosen = check_metrics(list(dict.fromkeys(["ndcg@10", *listed])))
@@ -54,7 +53,7 @@ def compare(
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")
-    queries, qrels = first_queries(ds, split, limit)  # runs of `irlm eval --limit N` compare on the same N
+    queries, qrels = ds.first_queries(split, limit)  # runs of `irlm eval --limit N` compare on the same N
     loaded = {str(r): _load_run(r, queries, k, device, data) for r in runs}
     rows = compare_runs(loaded, qrels, chosen, permutations, seed)
     if as_json:

@@ -115,10 +115,8 @@ def test_a_saved_system_is_searched_on_the_split(tmp_path, toy_beir):
 
 
 def test_limit_compares_on_the_splits_first_queries_as_irlm_eval_limit_does(runs):
-    from irlm.stages import first_queries
-
     folder, made, _ = runs
-    queries, qrels = first_queries(load_dataset("scifact"), "test", 10)
+    queries, qrels = load_dataset("scifact").first_queries("test", 10)
     out = irlm("compare", str(folder / "base.trec"), str(folder / "mixed.trec"), "--data", "scifact", "--limit",
                "10", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -125,10 +125,7 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1.
     With `out`, the run (SPLIT.trec) and each question's answer (answers.jsonl) are kept there, so a
     subset can be re-scored (`irlm eval --run ... --limit N`) and the answers read."""
-    queries = ds.split_queries(cfg.eval_split)
-    if cfg.eval_limit:
-        queries = dict(list(queries.items())[: cfg.eval_limit])
-    qrels = {q: ds.qrels[cfg.eval_split][q] for q in queries}
+    queries, qrels = ds.first_queries(cfg.eval_split, cfg.eval_limit)
     golds = data.read_answers(resolve_dataset(cfg.data))
     run, answered = {}, []
     for qid, text in _progress(queries, "self-retrieval eval"):
