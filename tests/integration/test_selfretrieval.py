@@ -199,5 +199,8 @@ def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, 
     dev_text = QUERIES[int(next(iter(held))[1])]["text"]
     assert counts["retrieval"] == 1 and not any(dev_text in fmt.tokenizer.decode(p) for p, _ in examples)
     res = train(cfg)
-    assert set(res["dev"]) == {"paper", "joint"} and res["dev_queries"] == 1
+    assert set(res["dev"]) == {"paper", "joint", "paper-noassess", "joint-noassess"} and res["dev_queries"] == 1
+    assert set(res["rankings"]) == set(res["dev"]) and all(
+        res["rankings"]["paper"][m] == res["metrics"][m] for m in ("hits@1", "hits@5", "mrr@5"))
+    assert (tmp_path / "d" / "test-paper-noassess.trec").exists()
     assert set(res["dev"]["paper"]) == {"hits@1", "hits@5", "mrr@5"}

@@ -162,3 +162,23 @@ def test_the_server_counts_self_retrieval_documents_through_len(model, tok):
     sr = retriever(model, tok)
     sr.under = {}  # the count must not come from the retriever's private layout
     assert doc_count(sr) == len(sr) == len(DOCS)
+
+
+def test_rankings_score_each_scoring_with_and_without_the_verdict():
+    from irlm.methods.selfretrieval.train import rankings
+
+    cfg = SelfRetrievalConfig(tau=0.4, delta=0.4)
+    # two passages under one title: only the verdict separates them; without it P(p | q, t) breaks the tie
+    cands = [Candidate("a", [1], title_logprob=-0.1, passage_logprob=-0.5, reject=0.9),
+             Candidate("b", [2], title_logprob=-0.1, passage_logprob=-2.0, reject=0.1)]  # fmt: skip
+    got = rankings(cands, cfg)
+    assert set(got) == {"paper", "joint", "paper-noassess", "joint-noassess"}
+    assert max(got["paper"], key=got["paper"].get) == "b"  # the verdict says b is relevant
+    assert list(got["paper-noassess"]) == ["a", "b"]  # the first factor alone: tie, broken by P(p | q, t)
+    assert got["paper-noassess"]["a"] == got["paper-noassess"]["b"]
+    assert cands[1].reject == 0.1  # the candidates keep their verdicts
+    assert set(rankings([replace_reject(c) for c in cands], cfg)) == {"paper", "joint"}  # no verdicts: no twins
+
+
+def replace_reject(c: Candidate) -> Candidate:
+    return Candidate(c.doc_id, c.entry, c.title_logprob, c.passage_logprob, None)

@@ -9,7 +9,7 @@ import json
 import random
 import re
 import string
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,19 @@ def dev_qids(cfg: SelfRetrievalConfig, ds) -> set[str]:
     qids = sorted(ds.qrels[cfg.train_split])
     random.Random(0).shuffle(qids)
     return set(qids[: cfg.dev_queries])
+
+
+def rankings(cands: list, cfg: SelfRetrievalConfig) -> dict[str, dict[str, float]]:
+    """Every ranking of one question's candidates, from one generation pass: each scoring, and with verdicts
+    each scoring without them too (SCORING-noassess: the first factor alone, the model's self-assessment
+    left out at inference). {name: {doc_id: score}}."""
+    out = {}
+    for scoring in SCORINGS:
+        out[scoring] = {c.doc_id: c.score for c in rank(cands, scoring, cfg.tau, cfg.delta)}
+        if any(c.reject is not None for c in cands):
+            bare = [replace(c, reject=None) for c in cands]
+            out[f"{scoring}-noassess"] = {c.doc_id: c.score for c in rank(bare, scoring, cfg.tau, cfg.delta)}
+    return out
 
 
 def build_examples(cfg: SelfRetrievalConfig, ds, fmt: data.Format,
@@ -106,30 +119,34 @@ def train(cfg: SelfRetrievalConfig) -> dict:
 
 
 def evaluate_dev(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, held_out: set[str]) -> dict:
-    """{"dev": {scoring: metrics}} on the held-out train questions, every scoring ranking the same candidates
-    (generation and verdicts run once); choose `scoring` here, then score test once. {} without a dev split."""
+    """{"dev": {ranking: metrics}} on the held-out train questions, every ranking (`rankings`) of the same
+    candidates (generation and verdicts run once); choose `scoring` and whether to assess here, then score
+    test once. {} without a dev split."""
     if not held_out:
         return {}
     queries = {q: t for q, t in ds.split_queries(cfg.train_split).items() if q in held_out}
     qrels = {q: ds.qrels[cfg.train_split][q] for q in queries}
-    runs: dict[str, dict] = {scoring: {} for scoring in SCORINGS}
+    runs: dict[str, dict] = {}
     for qid, text in _progress(queries, "self-retrieval dev"):
-        cands = retriever.generate(text)
-        for scoring, run in runs.items():
-            run[qid] = {c.doc_id: c.score for c in rank(cands, scoring, cfg.tau, cfg.delta)}
+        for name, scores in rankings(retriever.generate(text), cfg).items():
+            runs.setdefault(name, {})[qid] = scores
     dev = {s: {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()} for s, run in runs.items()}
     return {"dev": dev, "dev_queries": len(queries)}
 
 
 def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, out: Path | None = None) -> dict:
-    """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1.
-    With `out`, the run (SPLIT.trec) and each question's answer (answers.jsonl) are kept there, so a
-    subset can be re-scored (`irlm eval --run ... --limit N`) and the answers read."""
+    """Hits@1, Hits@5, MRR@5 of the retrieval run, and exact match of the answer after the top-1; the
+    other rankings of the same candidates (`rankings`) in "rankings". With `out`, the run (SPLIT.trec),
+    the others (SPLIT-NAME.trec: `irlm compare` tests them per question) and each question's answer
+    (answers.jsonl) are kept there."""
     queries, qrels = ds.first_queries(cfg.eval_split, cfg.eval_limit)
     golds = data.read_answers(resolve_dataset(cfg.data))
-    run, answered = {}, []
+    run, others, answered = {}, {}, []
     for qid, text in _progress(queries, "self-retrieval eval"):
-        cands = retriever.candidates(text)
+        found = retriever.generate(text)
+        for name, scores in rankings(found, cfg).items():
+            others.setdefault(name, {})[qid] = scores
+        cands = rank(found, cfg.scoring, cfg.tau, cfg.delta)  # the configured ranking: the run and the answer
         run[qid] = {c.doc_id: c.score for c in cands}
         if golds.get(qid) and cands:
             answer = retriever.answer(text, cands[0])
@@ -138,10 +155,13 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     metrics = {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()}
     if answered:
         metrics["answer_em"] = round(sum(a["em"] for a in answered) / len(answered), 4)
+    scored = {n: {m: round(v, 4) for m, v in evaluate(r, qrels, METRICS).items()} for n, r in others.items()}
     if out is not None:
         write_trec(run, Path(out) / f"{cfg.eval_split}.trec", tag="selfretrieval")
+        for name, other in others.items():
+            write_trec(other, Path(out) / f"{cfg.eval_split}-{name}.trec", tag=f"selfretrieval-{name}")
         write_jsonl(Path(out) / "answers.jsonl", answered)
-    return {"metrics": metrics, "eval_queries": len(queries)}
+    return {"metrics": metrics, "rankings": scored, "eval_queries": len(queries)}
 
 
 def _progress(queries: dict, desc: str):
