@@ -77,6 +77,11 @@ def held_out_qids(data: str, split: str, n: int) -> set[str]:
         return set()
     from irlm.data import load_dataset
 
-    qids = sorted(load_dataset(data).qrels[split])
+    return draw_held_out(load_dataset(data).qrels[split], n)
+
+
+def draw_held_out(qids, n: int) -> set[str]:
+    """`n` of `qids` drawn with a fixed seed of their own, whatever the order they come in."""
+    qids = sorted(qids)
     random.Random(0).shuffle(qids)
     return set(qids[:n])

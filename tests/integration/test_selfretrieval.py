@@ -192,6 +192,9 @@ def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, 
     ds = load_dataset(str(beir))
     held = dev_qids(cfg, ds)
     assert len(held) == 1 and held <= {"q0", "q1"} and held == dev_qids(cfg, ds)  # one fixed draw
+    from irlm.data.training import held_out_qids
+
+    assert held == held_out_qids(str(beir), "train", 1)  # DRAMA's: a dense baseline holds out the same
     from transformers import AutoTokenizer
 
     fmt = Format(AutoTokenizer.from_pretrained(lm_dir))

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 import string
 from dataclasses import asdict, replace
@@ -17,6 +16,7 @@ import torch
 from irlm.data import load_dataset
 from irlm.data.beir import write_jsonl
 from irlm.data.registry import resolve_dataset
+from irlm.data.training import draw_held_out
 from irlm.eval import evaluate
 from irlm.eval.runs import write_trec
 from irlm.methods.selfretrieval import data
@@ -31,12 +31,9 @@ METRICS = ("hits@1", "hits@5", "mrr@5")
 
 
 def dev_qids(cfg: SelfRetrievalConfig, ds) -> set[str]:
-    """The held-out train questions: a draw with its own fixed seed (as DRAMA's), the same for every seed."""
-    if not cfg.dev_queries:
-        return set()
-    qids = sorted(ds.qrels[cfg.train_split])
-    random.Random(0).shuffle(qids)
-    return set(qids[: cfg.dev_queries])
+    """The held-out train questions: DRAMA's draw (irlm.data.training.held_out_qids), so the dense baseline
+    trained with the same dev_queries holds out the same questions."""
+    return draw_held_out(ds.qrels[cfg.train_split], cfg.dev_queries) if cfg.dev_queries else set()
 
 
 def rankings(cands: list, cfg: SelfRetrievalConfig) -> dict[str, dict[str, float]]:
