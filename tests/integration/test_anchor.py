@@ -200,3 +200,27 @@ def test_chunked_loss_keeps_the_loss_and_the_gradients():
     (whole, g_whole, w_whole), (parts, g_parts, w_parts) = grads
     assert abs(whole - parts) < 1e-6
     assert torch.allclose(g_whole, g_parts, atol=1e-5) and torch.allclose(w_whole, w_parts, atol=1e-5)  # sum order
+
+
+def test_stage1_recomputes_activations_and_stage2_keeps_them(tmp_path, toy_beir, lm_dir, monkeypatch):
+    import importlib
+
+    from irlm.methods.anchor.config import AnchorConfig
+
+    anchor = importlib.import_module("irlm.methods.anchor.train")
+    seen = []
+    real = anchor._stage
+
+    def spy(cfg, name, task, examples, steps, lr):
+        model = task.encoder.model
+        seen.append((name, getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing))
+        return real(cfg, name, task, examples, steps, lr)
+
+    monkeypatch.setattr(anchor, "_stage", spy)
+    for on in (True, False):
+        cfg = AnchorConfig(model=str(lm_dir), data=str(toy_beir), train_split="test", eval_data=[],
+                           output_dir=str(tmp_path / f"run-{on}"), stage1_steps=1, stage2_steps=1, batch_size=2,
+                           max_length=32, target_max_length=16, precision="fp32", save_every=0, device="cpu",
+                           n_negatives=0, gradient_checkpointing=on)  # fmt: skip
+        anchor.train(cfg)
+    assert seen == [("stage1", True), ("stage2", False), ("stage1", False), ("stage2", False)]

@@ -93,6 +93,20 @@ def training_examples(cfg: AnchorConfig, held_out: set[str] = frozenset()) -> li
     return [ex for ex in examples if ex.meta.get("qid") not in held_out]
 
 
+def checkpointing(model, on: bool) -> None:
+    """Recompute each layer's activations in backward (on) or keep them (off); transformers 5 names it
+    activation checkpointing, 4 gradient checkpointing."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        elif model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:
     tc = train_config(cfg, steps, output_dir=str(Path(cfg.output_dir) / name), lr=lr, grad_accum=cfg.grad_accum)
     return Trainer(task, examples, tc).fit()
@@ -114,7 +128,9 @@ def train(cfg: AnchorConfig) -> dict:
     history = {}
     if cfg.stage1_steps:
         task = ReconstructionTask(encoder, cfg.alpha, cfg.target_max_length, cfg.prefix_scale)
+        checkpointing(encoder.model, cfg.gradient_checkpointing)
         history["stage1"] = _stage(cfg, "stage1", task, examples, cfg.stage1_steps, cfg.stage1_lr)
+        checkpointing(encoder.model, False)  # Stage II's passes are one model's, as in a Stage-II-only run
     if cfg.cache_layers:  # after Stage I: its lower layers are what Stage II freezes and reads from the cache
         encoder = cached_encoder(encoder, cfg.cache_layers, batch_texts(encoder, examples), cfg.activations or None)
     task = ContrastiveTask(encoder, cfg.temperature, cfg.n_negatives, cfg.cache_chunk)
