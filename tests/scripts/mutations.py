@@ -191,6 +191,18 @@ MUTATIONS += [
              "(r, start - 1 + i)", "(r, start + i)", SELFRETRIEVAL_FILES),
     Mutation("Self-Retrieval cached beams all start from the prompt", "irlm/methods/selfretrieval/fast.py",
              "    scores[0] = 0.0  # the other", "    scores[:] = 0.0  # the other", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval scored without assessment keeps the verdicts", "irlm/methods/selfretrieval/train.py",
+             "bare = [replace(c, reject=None) for c in cands]", "bare = cands", SELFRETRIEVAL_FILES),
+]  # fmt: skip
+
+# anchor Stage I at the paper's target lengths on 24 GB (issue 34), each against the anchor tests
+MUTATIONS += [
+    Mutation("anchor Stage I keeps every activation", "irlm/methods/anchor/train.py",
+             "checkpointing(encoder.model, cfg.gradient_checkpointing)", "checkpointing(encoder.model, False)",
+             ["tests/integration/test_anchor.py"]),
+    Mutation("reconstruction loss drops its last chunk", "irlm/losses/reconstruction.py",
+             "for start in range(0, len(labels), chunk):", "for start in range(0, len(labels) - chunk, chunk):",
+             ["tests/integration/test_anchor.py"]),
 ]  # fmt: skip
 
 
