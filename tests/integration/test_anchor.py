@@ -213,7 +213,8 @@ def test_stage1_recomputes_activations_and_stage2_keeps_them(tmp_path, toy_beir,
 
     def spy(cfg, name, task, examples, steps, lr):
         model = task.encoder.model
-        seen.append((name, getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing))
+        on = getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+        seen.append((name, on and model.training))  # transformers recomputes in train mode only
         return real(cfg, name, task, examples, steps, lr)
 
     monkeypatch.setattr(anchor, "_stage", spy)

@@ -200,6 +200,8 @@ MUTATIONS += [
     Mutation("anchor Stage I keeps every activation", "irlm/methods/anchor/train.py",
              "checkpointing(encoder.model, cfg.gradient_checkpointing)", "checkpointing(encoder.model, False)",
              ["tests/integration/test_anchor.py"]),
+    Mutation("anchor Stage I left in eval mode, where nothing is recomputed", "irlm/methods/anchor/train.py",
+             "    model.train(on)\n", "", ["tests/integration/test_anchor.py"]),
     Mutation("reconstruction loss drops its last chunk", "irlm/losses/reconstruction.py",
              "for start in range(0, len(labels), chunk):", "for start in range(0, len(labels) - chunk, chunk):",
              ["tests/integration/test_anchor.py"]),

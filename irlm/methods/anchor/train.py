@@ -95,7 +95,9 @@ def training_examples(cfg: AnchorConfig, held_out: set[str] = frozenset()) -> li
 
 def checkpointing(model, on: bool) -> None:
     """Recompute each layer's activations in backward (on) or keep them (off); transformers 5 names it
-    activation checkpointing, 4 gradient checkpointing."""
+    activation checkpointing, 4 gradient checkpointing. Transformers recomputes only in train mode, so the
+    model is put there (and back in eval mode, as it loads, when off): the LLMs trained here have no dropout."""
+    model.train(on)
     if hasattr(model, "activation_checkpointing_enable"):
         if on:
             model.activation_checkpointing_enable({"use_reentrant": False})
