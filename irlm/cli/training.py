@@ -208,3 +208,19 @@ def sr_answer(
     top = cands[0]
     print(json.dumps({"query": query, "answer": retriever.answer(query, top), "doc_id": top.doc_id,
                       "score": round(top.score, 4), "reject": top.reject}))  # fmt: skip
+
+
+@sr_app.command("curve")
+def sr_curve(
+    model: Path = typer.Option(..., "--model", help="output_dir/final of a `irlm selfretrieval train` run that kept "
+                                                    "its weights (weights_every) and held out dev_queries."),
+    limit: int = typer.Option(0, min=0, help="Score the first N dev questions only (0 = all)."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Dev Hits@1, Hits@5 and MRR@5 of every ranking at each kept step: the memorisation curve. One JSON
+    line per step."""
+    from irlm.methods.selfretrieval.train import dev_curve
+
+    retriever, _ = _self_retriever(model, None, device)
+    for row in dev_curve(retriever, model.parent, limit):
+        print(json.dumps(row))

@@ -62,6 +62,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     save_every: int = 50  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2
+    # > 0: also keep the trainable weights (no optimizer state) of every N-th step in weights/step-N.safetensors,
+    # where a pruned checkpoint cannot go: what a curve of quality against steps scores afterwards
+    weights_every: int = 0
     log_every: int = 1
     seed: int = 42
 
@@ -88,7 +91,8 @@ def train_config(cfg: TrainSettings, max_steps: int, **override) -> TrainConfig:
         0.0001
     """
     shared = {"output_dir": cfg.output_dir, "lr": cfg.lr, "batch_size": cfg.batch_size,
-              "precision": cfg.precision, "save_every": cfg.save_every, "seed": cfg.seed}  # fmt: skip
+              "precision": cfg.precision, "save_every": cfg.save_every, "seed": cfg.seed,
+              "weights_every": cfg.weights_every}  # fmt: skip
     return TrainConfig(max_steps=max_steps, **{**shared, **override})
 
 
@@ -306,6 +310,8 @@ class Trainer:
             bar.update(1)
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save_checkpoint()
+            if self.cfg.weights_every and self.step % self.cfg.weights_every == 0:
+                self.save_weights()
         bar.close()
         log.close()
         if not self.cfg.save_every or self.step % self.cfg.save_every:
@@ -327,14 +333,25 @@ class Trainer:
         return open(path, "a")
 
     # ---- checkpoints ----------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {id(p): n for n, p in self.task.named_parameters()}
+        return {names[id(p)]: p.detach().contiguous() for p in self.params}
+
+    def save_weights(self) -> None:
+        if self.rank != 0:
+            return
+        path = self.out / "weights" / f"step-{self.step:07d}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(self.trainable_state(), tmp)
+
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
         with atomic_path(folder, "checkpoint") as tmp:
             tmp.mkdir()
-            names = {id(p): n for n, p in self.task.named_parameters()}
-            save_file({names[id(p)]: p.detach().contiguous() for p in self.params}, tmp / "trainable.safetensors")
+            save_file(self.trainable_state(), tmp / "trainable.safetensors")
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        tmp / "optimizer.pt")  # fmt: skip
             (tmp / "rng.json").write_text(json.dumps(_rng_state()))

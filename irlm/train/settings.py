@@ -15,5 +15,6 @@ class TrainSettings:
     batch_size: int = 32  # examples per optimizer step, summed over processes
     precision: str = "auto"  # auto: bf16 autocast where it is faster on this device, else fp32 (TrainConfig)
     save_every: int = 50  # steps between checkpoints (resumable); 0 = only at the end
+    weights_every: int = 0  # > 0: keep the trainable weights of every N-th step (weights/), for curves
     seed: int = 42
     device: str | None = None  # cpu, cuda, cuda:N; default: CUDA when present

@@ -207,3 +207,36 @@ def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, 
         res["rankings"]["paper"][m] == res["metrics"][m] for m in ("hits@1", "hits@5", "mrr@5"))
     assert (tmp_path / "d" / "test-paper-noassess.trec").exists()
     assert set(res["dev"]["paper"]) == {"hits@1", "hits@5", "mrr@5"}
+
+
+def test_kept_weights_give_a_dev_curve_and_the_model_keeps_its_own(lm_dir, beir, tmp_path):
+    """weights_every keeps every N-th step's trainable weights; the curve scores dev at each of them, and
+    the step-2 weights are not the final ones, while the retriever ends with its final weights again."""
+    from safetensors.torch import load_file
+
+    from irlm.data import load_dataset
+    from irlm.methods.selfretrieval.retriever import SelfRetriever
+    from irlm.methods.selfretrieval.train import dev_curve, train
+
+    cfg = SelfRetrievalConfig(model=str(lm_dir), data=str(beir), output_dir=str(tmp_path / "c"), steps=4,
+                              batch_size=2, lr=1e-2, save_every=0, weights_every=2, dev_queries=1, title_beams=2,
+                              passage_beams=2, device="cpu", precision="fp32")  # fmt: skip
+    train(cfg)
+    kept = sorted((tmp_path / "c" / "weights").glob("*.safetensors"))
+    assert [f.name for f in kept] == ["step-0000002.safetensors", "step-0000004.safetensors"]
+    retriever = SelfRetriever.load(tmp_path / "c" / "final", load_dataset(str(beir)).corpus)
+    final = {n: p.detach().clone() for n, p in retriever.model.named_parameters()}
+    at2 = load_file(kept[0])
+    assert any(not torch.equal(at2[n], final[n]) for n in at2)
+    assert all(torch.equal(load_file(kept[1])[n], final[n]) for n in at2)  # the last step is the final model
+    rows = dev_curve(retriever, tmp_path / "c")
+    assert [r["step"] for r in rows] == [2, 4] and set(rows[0]["dev"]) >= {"paper", "paper-noassess"}
+    assert all(torch.equal(p, final[n]) for n, p in retriever.model.named_parameters())
+    from typer.testing import CliRunner
+
+    from irlm.cli import app
+
+    out = CliRunner().invoke(app, ["selfretrieval", "curve", "--model", str(tmp_path / "c" / "final"), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert [r["step"] for r in lines] == [2, 4] and lines[1]["dev"] == rows[1]["dev"]

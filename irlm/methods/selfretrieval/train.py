@@ -25,6 +25,7 @@ from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
 from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
+from irlm.errors import InputError
 from irlm.utils import claim_folder, pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
@@ -159,6 +160,35 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
             write_trec(other, Path(out) / f"{cfg.eval_split}-{name}.trec", tag=f"selfretrieval-{name}")
         write_jsonl(Path(out) / "answers.jsonl", answered)
     return {"metrics": metrics, "rankings": scored, "eval_queries": len(queries)}
+
+
+def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> list[dict]:
+    """Dev metrics of every ranking at each step whose weights the run kept (`weights_every`:
+    run_dir/weights/step-N.safetensors), on the first `limit` dev questions (0 = all); the model gets
+    each step's trainable weights in turn and its own back at the end."""
+    from safetensors.torch import load_file
+
+    cfg, ds = retriever.cfg, load_dataset(retriever.cfg.data)
+    files = sorted(Path(run_dir).glob("weights/step-*.safetensors"))
+    if not files or not cfg.dev_queries:
+        raise InputError(f"{run_dir}: no weights/step-*.safetensors kept (weights_every) or no dev_queries")
+    held = sorted(dev_qids(cfg, ds))
+    held = set(held[:limit] if limit else held)
+    params = dict(retriever.model.named_parameters())
+    own = {n: p.detach().clone() for n, p in params.items()}
+    rows = []
+    for f in files:
+        _assign(params, load_file(f))
+        step = int(f.stem.split("-")[1])
+        rows.append({"step": step, **evaluate_dev(retriever, ds, cfg, held)})
+    _assign(params, own)
+    return rows
+
+
+def _assign(params: dict, weights: dict) -> None:
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
 
 
 def _progress(queries: dict, desc: str):
