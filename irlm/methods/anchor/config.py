@@ -26,11 +26,13 @@ class AnchorConfig(TrainSettings):
     target_max_length: int = 128  # tokens of the text regenerated from the embedding (paper: 512)
     # the Stage I prefix: `embedding` (the L2-normalised embedding, norm 1), `token` (that direction at the
     # mean norm of the model's input token embeddings, so the decoder reads it as it reads a token; the
-    # paper feeds the embedding as a soft token) or `raw` (the pooled state, unnormalised)
-    prefix_scale: str = "embedding"
+    # paper feeds the embedding as a soft token) or `raw` (the pooled state, unnormalised). token: on scifact-dev
+    # 0.4267 against embedding's 0.4174 (recipes/anchor-scifact-cpu.yaml; +0.009, p 0.63, so not worse) and the
+    # paper's soft token
+    prefix_scale: str = "token"
     # Stage I recomputes each layer's activations in backward instead of keeping them: three full passes (both
-    # texts encoded, then one regenerated) at batch 32 and 256-token targets held 19 GB on SmolLM2-135M without
-    # it, 6.9 GB with it, at no measured cost in time on a 2-core CPU (52-61 s a step both ways)
+    # texts encoded, then one regenerated) at batch 32 and 256-token targets take 18.4 GiB on SmolLM2-135M
+    # without it, 7.3 GiB with it, and 0.82x the time on a 2-core EPYC (bench/anchor_stage1.py)
     gradient_checkpointing: bool = True
     # Stage II: InfoNCE
     stage2_steps: int = 30
