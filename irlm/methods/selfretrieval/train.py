@@ -17,6 +17,7 @@ from irlm.data import load_dataset
 from irlm.data.beir import write_jsonl
 from irlm.data.registry import resolve_dataset
 from irlm.data.training import draw_held_out
+from irlm.errors import InputError
 from irlm.eval import evaluate
 from irlm.eval.runs import write_trec
 from irlm.methods.selfretrieval import data
@@ -25,7 +26,6 @@ from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
 from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
-from irlm.errors import InputError
 from irlm.utils import claim_folder, pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
