@@ -308,10 +308,10 @@ class Trainer:
                 log.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in parts.items()})
             bar.update(1)
+            if self.cfg.weights_every and self.step % self.cfg.weights_every == 0:
+                self.save_weights()  # before the checkpoint: a run killed between the two redoes this step
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save_checkpoint()
-            if self.cfg.weights_every and self.step % self.cfg.weights_every == 0:
-                self.save_weights()
         bar.close()
         log.close()
         if not self.cfg.save_every or self.step % self.cfg.save_every:

@@ -214,7 +214,7 @@ def test_stage1_recomputes_activations_and_stage2_keeps_them(tmp_path, toy_beir,
     def spy(cfg, name, task, examples, steps, lr):
         model = task.encoder.model
         on = getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
-        seen.append((name, on and model.training))  # transformers recomputes in train mode only
+        seen.append((name, bool(on), model.training))  # transformers recomputes in train mode only
         return real(cfg, name, task, examples, steps, lr)
 
     monkeypatch.setattr(anchor, "_stage", spy)
@@ -224,4 +224,13 @@ def test_stage1_recomputes_activations_and_stage2_keeps_them(tmp_path, toy_beir,
                            max_length=32, target_max_length=16, precision="fp32", save_every=0, device="cpu",
                            n_negatives=0, gradient_checkpointing=on)  # fmt: skip
         anchor.train(cfg)
-    assert seen == [("stage1", True), ("stage2", False), ("stage1", False), ("stage2", False)]
+    assert seen == [("stage1", True, True), ("stage2", False, False), ("stage1", False, False), ("stage2", False, False)]
+
+
+def test_reconstruction_loss_of_padding_alone_is_zero_and_differentiable():
+    enc = tiny_lm_encoder()
+    prefix = torch.randn(2, 32, requires_grad=True)
+    target = torch.zeros(2, 4, dtype=torch.long)
+    loss = reconstruction_loss(enc.model, enc.lm_head, prefix, target, torch.zeros_like(target))
+    loss.backward()  # no target: nothing to learn, but the step must not fail
+    assert loss.item() == 0.0 and prefix.grad is not None and prefix.grad.abs().sum() == 0

@@ -229,8 +229,22 @@ def test_kept_weights_give_a_dev_curve_and_the_model_keeps_its_own(lm_dir, beir,
     at2 = load_file(kept[0])
     assert any(not torch.equal(at2[n], final[n]) for n in at2)
     assert all(torch.equal(load_file(kept[1])[n], final[n]) for n in at2)  # the last step is the final model
-    rows = dev_curve(retriever, tmp_path / "c")
+    import irlm.methods.selfretrieval.train as sr_train
+
+    name = next(iter(at2))
+    seen, real = [], sr_train.evaluate_dev
+
+    def spy(r, *args):  # the weights the model holds while each step is scored
+        seen.append(dict(r.model.named_parameters())[name].detach().clone())
+        return real(r, *args)
+
+    sr_train.evaluate_dev = spy
+    try:
+        rows = list(dev_curve(retriever, tmp_path / "c"))
+    finally:
+        sr_train.evaluate_dev = real
     assert [r["step"] for r in rows] == [2, 4] and set(rows[0]["dev"]) >= {"paper", "paper-noassess"}
+    assert torch.equal(seen[0], at2[name]) and torch.equal(seen[1], final[name])
     assert all(torch.equal(p, final[n]) for n, p in retriever.model.named_parameters())
     from typer.testing import CliRunner
 

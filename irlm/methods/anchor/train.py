@@ -103,10 +103,12 @@ def checkpointing(model, on: bool) -> None:
             model.activation_checkpointing_enable({"use_reentrant": False})
         elif model.is_activation_checkpointing:
             model.activation_checkpointing_disable()
+            model.disable_input_require_grads()  # the hook enabling it added, so Stage II runs as without
     elif on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif model.is_gradient_checkpointing:
         model.gradient_checkpointing_disable()
+        model.disable_input_require_grads()
 
 
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     return {"metrics": metrics, "rankings": scored, "eval_queries": len(queries)}
 
 
-def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> list[dict]:
+def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> Iterator[dict]:
     """Dev metrics of every ranking at each step whose weights the run kept (`weights_every`:
     run_dir/weights/step-N.safetensors), on the first `limit` dev questions (0 = all); the model gets
     each step's trainable weights in turn and its own back at the end."""
@@ -176,13 +177,12 @@ def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> 
     held = set(held[:limit] if limit else held)
     params = dict(retriever.model.named_parameters())
     own = {n: p.detach().clone() for n, p in params.items()}
-    rows = []
-    for f in files:
-        _assign(params, load_file(f))
-        step = int(f.stem.split("-")[1])
-        rows.append({"step": step, **evaluate_dev(retriever, ds, cfg, held)})
-    _assign(params, own)
-    return rows
+    try:
+        for f in files:  # one row as each step is scored: a long curve shows as it goes
+            _assign(params, load_file(f))
+            yield {"step": int(f.stem.split("-")[1]), **evaluate_dev(retriever, ds, cfg, held)}
+    finally:
+        _assign(params, own)
 
 
 def _assign(params: dict, weights: dict) -> None:
