@@ -96,6 +96,13 @@ def train_config(cfg: TrainSettings, max_steps: int, **override) -> TrainConfig:
     return TrainConfig(max_steps=max_steps, **{**shared, **override})
 
 
+def copy_weights(params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable weights (a checkpoint's, or weights/step-N's) into the parameters of the same names."""
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
 def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -365,11 +372,7 @@ class Trainer:
         if not ckpts:
             return
         folder = ckpts[-1]
-        weights = load_file(folder / "trainable.safetensors")
-        named = dict(self.task.named_parameters())
-        with torch.no_grad():
-            for name, value in weights.items():
-                named[name].copy_(value)
+        copy_weights(dict(self.task.named_parameters()), load_file(folder / "trainable.safetensors"))
         state = torch.load(folder / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

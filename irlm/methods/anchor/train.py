@@ -98,17 +98,14 @@ def checkpointing(model, on: bool) -> None:
     activation checkpointing, 4 gradient checkpointing. Transformers recomputes only in train mode, so the
     model is put there (and back in eval mode, as it loads, when off): the LLMs trained here have no dropout."""
     model.train(on)
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        elif model.is_activation_checkpointing:
-            model.activation_checkpointing_disable()
-            model.disable_input_require_grads()  # the hook enabling it added, so Stage II runs as without
+    v5 = hasattr(model, "activation_checkpointing_enable")
+    if on and v5:
+        model.activation_checkpointing_enable({"use_reentrant": False})
     elif on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif model.is_gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-        model.disable_input_require_grads()
+    elif model.is_activation_checkpointing if v5 else model.is_gradient_checkpointing:
+        (model.activation_checkpointing_disable if v5 else model.gradient_checkpointing_disable)()
+        model.disable_input_require_grads()  # the hook enabling it added, so Stage II runs as without
 
 
 def _stage(cfg: AnchorConfig, name: str, task, examples, steps: int, lr: float) -> list[dict]:

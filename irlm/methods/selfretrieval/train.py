@@ -26,7 +26,7 @@ from irlm.methods.selfretrieval.config import SCORINGS, SelfRetrievalConfig
 from irlm.methods.selfretrieval.decode import rank
 from irlm.methods.selfretrieval.retriever import SelfRetriever
 from irlm.train.lm import SFTTask
-from irlm.train.loop import Trainer, init_distributed, seed_everything, train_config, world
+from irlm.train.loop import Trainer, copy_weights, init_distributed, seed_everything, train_config, world
 from irlm.utils import claim_folder, pick_device, write_json
 
 METRICS = ("hits@1", "hits@5", "mrr@5")
@@ -127,9 +127,8 @@ def evaluate_dev(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfig, held_ou
     qrels = {q: ds.qrels[cfg.train_split][q] for q in queries}
     runs: dict[str, dict] = {}
     for qid, text in _progress(queries, "self-retrieval dev"):
-        for name, scores in rankings(retriever.generate(text), cfg).items():
-            runs.setdefault(name, {})[qid] = scores
-    dev = {s: {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()} for s, run in runs.items()}
+        _collect(runs, qid, retriever.generate(text), cfg)
+    dev = _scored(runs, qrels)
     return {"dev": dev, "dev_queries": len(queries)}
 
 
@@ -140,27 +139,36 @@ def evaluate_selfretrieval(retriever: SelfRetriever, ds, cfg: SelfRetrievalConfi
     (answers.jsonl) are kept there."""
     queries, qrels = ds.first_queries(cfg.eval_split, cfg.eval_limit)
     golds = data.read_answers(resolve_dataset(cfg.data))
-    run, others, answered = {}, {}, []
+    runs, answered = {}, []
     for qid, text in _progress(queries, "self-retrieval eval"):
         found = retriever.generate(text)
-        for name, scores in rankings(found, cfg).items():
-            others.setdefault(name, {})[qid] = scores
-        cands = rank(found, cfg.scoring, cfg.tau, cfg.delta)  # the configured ranking: the run and the answer
-        run[qid] = {c.doc_id: c.score for c in cands}
-        if golds.get(qid) and cands:
-            answer = retriever.answer(text, cands[0])
-            answered.append({"qid": qid, "question": text, "doc_id": cands[0].doc_id, "answer": answer,
+        _collect(runs, qid, found, cfg)
+        ranked = runs[cfg.scoring][qid]  # the configured ranking (doc_id -> score, best first): the run and the answer
+        if golds.get(qid) and ranked:
+            top = next(c for c in found if c.doc_id == next(iter(ranked)))
+            answer = retriever.answer(text, top)
+            answered.append({"qid": qid, "question": text, "doc_id": top.doc_id, "answer": answer,
                              "gold": golds[qid], "em": exact_match(answer, golds[qid])})  # fmt: skip
-    metrics = {m: round(v, 4) for m, v in evaluate(run, qrels, METRICS).items()}
+    scored = _scored(runs, qrels)
+    metrics = dict(scored[cfg.scoring])
     if answered:
         metrics["answer_em"] = round(sum(a["em"] for a in answered) / len(answered), 4)
-    scored = {n: {m: round(v, 4) for m, v in evaluate(r, qrels, METRICS).items()} for n, r in others.items()}
     if out is not None:
-        write_trec(run, Path(out) / f"{cfg.eval_split}.trec", tag="selfretrieval")
-        for name, other in others.items():
+        write_trec(runs[cfg.scoring], Path(out) / f"{cfg.eval_split}.trec", tag="selfretrieval")
+        for name, other in runs.items():
             write_trec(other, Path(out) / f"{cfg.eval_split}-{name}.trec", tag=f"selfretrieval-{name}")
         write_jsonl(Path(out) / "answers.jsonl", answered)
     return {"metrics": metrics, "rankings": scored, "eval_queries": len(queries)}
+
+
+def _collect(runs: dict, qid: str, found: list, cfg: SelfRetrievalConfig) -> None:
+    """Add one question's candidates, ranked every way (`rankings`), to the runs of each ranking."""
+    for name, scores in rankings(found, cfg).items():
+        runs.setdefault(name, {})[qid] = scores
+
+
+def _scored(runs: dict, qrels: dict) -> dict:
+    return {n: {m: round(v, 4) for m, v in evaluate(r, qrels, METRICS).items()} for n, r in runs.items()}
 
 
 def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> Iterator[dict]:
@@ -179,16 +187,10 @@ def dev_curve(retriever: SelfRetriever, run_dir: str | Path, limit: int = 0) -> 
     own = {n: p.detach().clone() for n, p in params.items()}
     try:
         for f in files:  # one row as each step is scored: a long curve shows as it goes
-            _assign(params, load_file(f))
+            copy_weights(params, load_file(f))
             yield {"step": int(f.stem.split("-")[1]), **evaluate_dev(retriever, ds, cfg, held)}
     finally:
-        _assign(params, own)
-
-
-def _assign(params: dict, weights: dict) -> None:
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+        copy_weights(params, own)
 
 
 def _progress(queries: dict, desc: str):
