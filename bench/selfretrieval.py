@@ -1,5 +1,6 @@
 """Self-Retrieval cost: latency per query at beams 5 and 10 on the cached path and on the reference path
-(transformers' generate, one pass per title, one verdict pass) in the same run, whether both rank alike,
+(transformers' generate, one pass per title, one verdict pass) in the same run, the cached path also
+without verdicts (`_cached_noassess`), whether both rank alike,
 time per generated token with and without the trie constraint, and the trie's memory. One JSON line.
 
     python bench/selfretrieval.py --model runs/selfretrieval/final --queries 20
@@ -77,6 +78,7 @@ def main() -> None:
                 start = time.perf_counter()
                 ranked[path].append(sr.candidates(q, beams))
                 spent[path] += time.perf_counter() - start
+        spent["cached_noassess"] = _without_verdicts(sr, queries, beams)
         for path, seconds in spent.items():
             latency[f"latency_s_beam{beams}_{path}"] = round(seconds / len(queries), 3)
         latency[f"speedup_beam{beams}"] = round(latency[f"latency_s_beam{beams}_reference"]
@@ -94,6 +96,20 @@ def main() -> None:
                       "title_trie_bytes_per_token": round(sr.trie.bytes_per_token, 2),
                       "full_corpus_trie_bytes": full.nbytes,
                       "full_corpus_trie_bytes_per_token": round(full.bytes_per_token, 2)}))  # fmt: skip
+
+
+def _without_verdicts(sr, queries, beams: int) -> float:
+    """Seconds of the cached path over `queries` with self-assessment off at inference (no verdict pass;
+    passages read only up to where they differ under their title)."""
+    sr.reference, assessment = False, sr.cfg.assessment
+    sr.cfg.assessment = False
+    try:
+        start = time.perf_counter()
+        for q in queries:
+            sr.candidates(q, beams)
+        return time.perf_counter() - start
+    finally:
+        sr.cfg.assessment = assessment
 
 
 def _agreement(reference: list, cached: list) -> dict:

@@ -69,3 +69,28 @@ def test_a_beam_the_trie_identifies_costs_no_model_call(model, tok, monkeypatch)
     found, _ = fast.beam_search(model, prompt, TokenTrie.build([only]), fmt.sep, beams=2, max_new_tokens=12)
     assert found == [(only, 0.0)] and calls == []
     assert decode.constrained_beams(model, [prompt], TokenTrie.build([only]), fmt.sep, 2, 12, fmt.eos)[0] == found
+
+
+def test_without_verdicts_rows_are_cut_after_their_last_scored_token(model, tok, monkeypatch):
+    """A passage is scored only up to where it differs from its siblings (a title's only passage: its
+    first token); without verdicts the rest of it is not run, with them the whole passage is."""
+    fmt = Format(tok)
+    prompt_kv = fast.prefill(model, fmt.prompt(QUERY_PROMPT, "x"))[1]
+    titles = [fmt.title("Qubit") + [fmt.sep], fmt.title("Nile") + [fmt.sep]]
+    passages = [[fmt.ids(" A qubit is the unit of quantum information.")],
+                [fmt.ids(" The Nile delta is wide and green."), fmt.ids(" The Nile delta floods the fields.")]]
+    cut = max(len(t) + n for t, docs in zip(titles, passages) for n in decode.distinguishing_lengths(docs))
+    whole = max(len(t) + len(p) for t, docs in zip(titles, passages) for p in docs) + len(fmt.assess)
+    shapes = []
+    real = fast._forward
+    monkeypatch.setattr(fast, "_forward", lambda *a, **k: shapes.append(tuple(a[1].shape)) or real(*a, **k))
+    scores, rejects = fast.passages_and_verdicts(model, prompt_kv, titles, passages, None, fmt.yes, fmt.no, fmt.eos)
+    assert shapes == [(3, cut)] and cut < whole - len(fmt.assess)
+    assert all(s < 0 for s in scores) and rejects == [None] * 3
+    with_verdicts, rejects = fast.passages_and_verdicts(model, prompt_kv, titles, passages, fmt.assess, fmt.yes,
+                                                        fmt.no, fmt.eos)  # fmt: skip
+    assert shapes[1] == (3, whole) and all(0 < r < 1 for r in rejects)
+    assert with_verdicts == pytest.approx(scores, abs=1e-4)
+    shapes.clear()
+    assert fast.passages_and_verdicts(model, prompt_kv, titles, [[], []], None, fmt.yes, fmt.no, fmt.eos) == ([], [])
+    assert shapes == []

@@ -193,6 +193,11 @@ MUTATIONS += [
              "    scores[0] = 0.0  # the other", "    scores[:] = 0.0  # the other", SELFRETRIEVAL_FILES),
     Mutation("Self-Retrieval scored without assessment keeps the verdicts", "irlm/methods/selfretrieval/train.py",
              "bare = [replace(c, reject=None) for c in cands]", "bare = cands", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval cached passages run whole without verdicts", "irlm/methods/selfretrieval/fast.py",
+             "title + p + assess if assess else title + p[:n]", "title + p + (assess or [])", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval cached passages cut one token short", "irlm/methods/selfretrieval/fast.py",
+             "title + p + assess if assess else title + p[:n]", "title + p + assess if assess else title + p[:n - 1]",
+             SELFRETRIEVAL_FILES),
 ]  # fmt: skip
 
 # anchor Stage I at the paper's target lengths on 24 GB (issue 34), each against the anchor tests
