@@ -43,7 +43,7 @@ def assert_same(got, want):
 
 @pytest.mark.skipif(not fast.SUPPORTED, reason="the cached path replays transformers 5's beam search")
 @pytest.mark.parametrize("titles,assessment", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("beams", [2, 3, 6])
+@pytest.mark.parametrize("beams", [1, 2, 3, 6])
 def test_cached_search_equals_the_reference(model, tok, titles, assessment, beams):
     cfg = SelfRetrievalConfig(title_beams=beams, passage_beams=2, titles=titles, assessment=assessment,
                               max_title_tokens=6, max_passage_tokens=12)  # fmt: skip

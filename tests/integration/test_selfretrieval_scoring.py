@@ -95,6 +95,15 @@ def test_unknown_scoring_is_refused():
         SelfRetrievalConfig(scoring="mixed")
 
 
+@pytest.mark.parametrize("field", ["title_beams", "passage_beams", "max_title_tokens", "max_passage_tokens"])
+def test_no_beams_or_tokens_is_refused(field):
+    from irlm.errors import InputError
+
+    SelfRetrievalConfig(**{field: 1})
+    with pytest.raises(InputError, match=f"{field}: must be at least 1, got 0"):
+        SelfRetrievalConfig(**{field: 0})
+
+
 @pytest.fixture(scope="module")
 def trained(lm_dir, tok, tmp_path_factory):
     """The tiny model trained 30 steps: generation prefers p0 for DELTA_Q (the right title, the wrong

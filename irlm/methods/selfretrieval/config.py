@@ -49,3 +49,6 @@ class SelfRetrievalConfig(TrainSettings):
     def __post_init__(self):
         if self.scoring not in SCORINGS:
             raise InputError(f"scoring: unknown value '{self.scoring}'; choose {' or '.join(SCORINGS)}")
+        for name in ("title_beams", "passage_beams", "max_title_tokens", "max_passage_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}: must be at least 1, got {getattr(self, name)}")

@@ -50,18 +50,36 @@ def constrained_beams(model, prompts: list[list[int]], trie: TokenTrie, stop_id:
                       max_new_tokens: int, pad_id: int) -> list[list[tuple[list[int], float]]]:  # fmt: skip
     """For each prompt, up to `beams` distinct trie entries ending in stop_id with their log-probabilities."""
     ids, mask = left_pad(prompts, pad_id, model.device)
+    # one beam is greedy search, which hands processors logits and keeps no sequence scores: log-softmax
+    # first, and the sum of the processed scores along the sequence is the beam's score
+    procs = ([LogSoftmax()] if beams == 1 else []) + [TrieConstraint(trie, ids.shape[1], stop_id)]
     out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
                          do_sample=False, length_penalty=0.0, early_stopping=True, max_new_tokens=max_new_tokens,
                          eos_token_id=stop_id, pad_token_id=pad_id, output_scores=True, return_dict_in_generate=True,
-                         logits_processor=LogitsProcessorList([TrieConstraint(trie, ids.shape[1], stop_id)]))
+                         logits_processor=LogitsProcessorList(procs))
     results: list[list[tuple[list[int], float]]] = [[] for _ in prompts]
     generated = out.sequences[:, ids.shape[1] :].tolist()
-    for n, (seq, score) in enumerate(zip(generated, out.sequences_scores.tolist())):
+    scores = out.sequences_scores.tolist() if beams > 1 else _greedy_scores(out.scores, generated, stop_id)
+    for n, (seq, score) in enumerate(zip(generated, scores)):
         seq = _until(seq, stop_id)
         hits = results[n // beams]
         if math.isfinite(score) and seq and seq[-1] == stop_id and all(seq != s for s, _ in hits):
             hits.append((seq, score))
     return results
+
+
+class LogSoftmax(LogitsProcessor):
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return torch.log_softmax(scores.float(), dim=-1)
+
+
+def _greedy_scores(steps: tuple[torch.Tensor, ...], generated: list[list[int]], stop_id: int) -> list[float]:
+    """Each row's summed processed log-probabilities up to and including stop_id."""
+    out = []
+    for row, seq in enumerate(generated):
+        seq = _until(seq, stop_id)
+        out.append(sum(float(steps[t][row, token]) for t, token in enumerate(seq)))
+    return out
 
 
 def _until(seq: list[int], stop_id: int) -> list[int]:
