@@ -60,14 +60,13 @@ def main() -> None:
 
     from irlm.data import load_dataset
     from irlm.index.trie import TokenTrie
-    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
     from irlm.methods.selfretrieval.data import QUERY_PROMPT
     from irlm.methods.selfretrieval.retriever import SelfRetriever
 
     ds = load_dataset(args.data)
     model, tok = load(args.model, args.dtype)
     queries = list(ds.split_queries("test").values())[: args.queries]
-    sr = SelfRetriever(model, tok, ds.corpus, SelfRetrievalConfig(data=args.data))
+    sr = SelfRetriever(model, tok, ds.corpus, settings(args.model, args.data))
     latency, same = {}, {}
     for beams in (5, 10):
         ranked, spent = {"reference": [], "cached": []}, {"reference": 0.0, "cached": 0.0}
@@ -96,6 +95,16 @@ def main() -> None:
                       "title_trie_bytes_per_token": round(sr.trie.bytes_per_token, 2),
                       "full_corpus_trie_bytes": full.nbytes,
                       "full_corpus_trie_bytes_per_token": round(full.bytes_per_token, 2)}))  # fmt: skip
+
+
+def settings(model: str, data: str):
+    """A trained folder's own Self-Retrieval settings (passage length, beams, ...); the defaults otherwise."""
+    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+    from irlm.methods.selfretrieval.retriever import CONFIG_FILE
+
+    saved = Path(model) / CONFIG_FILE
+    cfg = json.loads(saved.read_text()) if saved.is_file() else {}
+    return SelfRetrievalConfig(**{**cfg, "data": data})
 
 
 def _without_verdicts(sr, queries, beams: int) -> float:

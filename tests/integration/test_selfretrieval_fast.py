@@ -94,3 +94,26 @@ def test_without_verdicts_rows_are_cut_after_their_last_scored_token(model, tok,
     shapes.clear()
     assert fast.passages_and_verdicts(model, prompt_kv, titles, [[], []], None, fmt.yes, fmt.no, fmt.eos) == ([], [])
     assert shapes == []
+
+
+@pytest.mark.skipif(not fast.SUPPORTED, reason="the cached path replays transformers 5's beam search")
+@pytest.mark.parametrize("query", QUERIES)
+def test_one_beam_scores_the_stop_after_a_title_that_begins_another(model, tok, query):
+    """With "Nile" and "Nile river" both titles, the separator after "Nile" is a choice, so its
+    log-probability is part of the score; greedy search (one beam) must count it as beam search does."""
+    fmt = Format(tok)
+    trie = TokenTrie.build([fmt.title(t) + [fmt.sep] for t in ("Nile", "Nile river")])
+    prompt = fmt.prompt(QUERY_PROMPT, query)
+    found, _ = fast.beam_search(model, prompt, trie, fmt.sep, beams=1, max_new_tokens=8)
+    want = decode.constrained_beams(model, [prompt], trie, fmt.sep, 1, 8, fmt.eos)[0]
+    assert [s for s, _ in found] == [s for s, _ in want] and len(found) == 1
+    assert found[0][1] == pytest.approx(want[0][1], abs=1e-4) and found[0][1] < 0
+
+
+def test_greedy_scores_sum_each_step_up_to_and_including_the_stop():
+    import torch
+
+    steps = tuple(torch.tensor([[-1.0, -2.0, -4.0, -8.0]]) * (t + 1) for t in range(4))  # step t: token k -> -(t+1) 2^k
+    # tokens 1, 0, then the stop (3); what follows the stop is padding and is not scored
+    assert decode._greedy_scores(steps, [[1, 0, 3, 2]], stop_id=3) == [-2.0 - 2.0 - 24.0]
+    assert decode._greedy_scores(steps, [[2, 2, 2, 2]], stop_id=3) == [-4.0 - 8.0 - 12.0 - 16.0]

@@ -198,6 +198,11 @@ MUTATIONS += [
     Mutation("Self-Retrieval cached passages cut one token short", "irlm/methods/selfretrieval/fast.py",
              "title + p + assess if assess else title + p[:n]", "title + p + assess if assess else title + p[:n - 1]",
              SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval greedy title leaves out the stop's score", "irlm/methods/selfretrieval/decode.py",
+             "for t, token in enumerate(seq))", "for t, token in enumerate(seq[:-1]))", SELFRETRIEVAL_FILES),
+    Mutation("Self-Retrieval greedy title scored on logits", "irlm/methods/selfretrieval/decode.py",
+             "procs = ([LogSoftmax()] if beams == 1 else [])", "procs = ([] if beams == 1 else [])",
+             SELFRETRIEVAL_FILES),
 ]  # fmt: skip
 
 # anchor Stage I at the paper's target lengths on 24 GB (issue 34), each against the anchor tests

@@ -213,20 +213,19 @@ def passages_and_verdicts(model, prompt_kv: KV, titles: list[list[int]], passage
                           assess: list[int] | None, yes_id: int, no_id: int, pad_id: int):  # fmt: skip
     """For each title and each of its passages: log P(passage | query, title) up to where it differs from
     its siblings (decode.distinguishing_lengths), and P(no) after title + passage + `assess` (None: no
-    verdicts). One forward pass on the query's cache, over every row with verdicts; without them only
-    over the rows that have tokens to score, cut after the last one (a title's only passage has none)."""
+    verdicts). One forward pass over every row, on the query's cache; without verdicts each row is cut
+    after its last scored token (a title's only passage: its first), as nothing after it is read."""
     rows, reads = [], []  # reads: (first scored position, scored length)
     for title, docs in zip(titles, passages):
         for p, n in zip(docs, distinguishing_lengths(docs)):
             rows.append(title + p + assess if assess else title + p[:n])
             reads.append((len(title), n))
-    run = list(range(len(rows))) if assess else [r for r, (_, n) in enumerate(reads) if n]
-    if not run:
-        return [0.0] * len(rows), [None] * len(rows)
-    hidden = _suffix_hidden(model, prompt_kv, [rows[r] for r in run], pad_id)
-    at = [(h, start - 1 + i) for h, r in enumerate(run) for start, n in [reads[r]] for i in range(n)]
-    logp = _logprobs(model, hidden[[h for h, _ in at], [i for _, i in at]])
-    targets = torch.tensor([rows[run[h]][i + 1] for h, i in at], dtype=torch.long, device=logp.device)
+    if not rows:
+        return [], []
+    hidden = _suffix_hidden(model, prompt_kv, rows, pad_id)
+    at = [(r, start - 1 + i) for r, (start, n) in enumerate(reads) for i in range(n)]  # predicts token start + i
+    logp = _logprobs(model, hidden[[r for r, _ in at], [i for _, i in at]])
+    targets = torch.tensor([rows[r][i + 1] for r, i in at], dtype=torch.long, device=logp.device)
     picked = logp[torch.arange(len(at)), targets].tolist()
     passage_logp, first = [], 0
     for _, n in reads:
