@@ -99,12 +99,13 @@ def main() -> None:
 
 def settings(model: str, data: str):
     """A trained folder's own Self-Retrieval settings (passage length, beams, ...); the defaults otherwise."""
-    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
-    from irlm.methods.selfretrieval.retriever import CONFIG_FILE
+    from dataclasses import replace
 
-    saved = Path(model) / CONFIG_FILE
-    cfg = json.loads(saved.read_text()) if saved.is_file() else {}
-    return SelfRetrievalConfig(**{**cfg, "data": data})
+    from irlm.methods.selfretrieval.config import SelfRetrievalConfig
+    from irlm.methods.selfretrieval.retriever import CONFIG_FILE, saved_config
+
+    trained = (Path(model) / CONFIG_FILE).is_file()
+    return replace(saved_config(model), data=data) if trained else SelfRetrievalConfig(data=data)
 
 
 def _without_verdicts(sr, queries, beams: int) -> float:

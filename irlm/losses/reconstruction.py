@@ -34,7 +34,7 @@ def reconstruction_loss(decoder, lm_head, prefix: torch.Tensor, target_ids: torc
 
 def chunked_nll(hidden: torch.Tensor, lm_head, labels: torch.Tensor, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
     """Mean NLL of `labels` (N,) under lm_head(hidden) (N, C -> N, V), `chunk` rows of logits at a time."""
-    total = hidden.float().sum() * 0  # in the graph even with no target, as the whole-pass loss was
+    total = hidden[:0].float().sum()  # 0, in the graph even with no target (as the whole-pass loss was), no copy
     for start in range(0, len(labels), chunk):
         rows, ids = hidden[start : start + chunk], labels[start : start + chunk]
         total = total + checkpoint(_summed_nll, rows, ids, lm_head, use_reentrant=False)

@@ -59,7 +59,7 @@ class SelfRetriever:
 
         from irlm.utils import pick_device
 
-        cfg = SelfRetrievalConfig(**json.loads((Path(folder) / CONFIG_FILE).read_text()))
+        cfg = saved_config(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(device))
         return cls(model, AutoTokenizer.from_pretrained(folder), corpus, cfg)
 
@@ -163,3 +163,8 @@ class SelfRetriever:
                                   max_new_tokens=self.cfg.max_answer_tokens,
                                   eos_token_id=[fmt.eos, fmt.sep])  # an answer ends at the line's end
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def saved_config(folder) -> SelfRetrievalConfig:
+    """The settings a trained Self-Retrieval folder was saved with (passage length, beams, scoring, ...)."""
+    return SelfRetrievalConfig(**json.loads((Path(folder) / CONFIG_FILE).read_text()))
