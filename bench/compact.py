@@ -4,8 +4,8 @@ Takes the exact index `irlm encode` wrote, re-indexes it with each backend (as `
 does), saves and re-loads it (so int8 / binary search the loaded codes with vectors.npy memory-mapped),
 embeds the split's queries once with the index's own encoder, and prints one JSON line.
 
-    irlm encode --data scifact --model minilm-l6 --out /work/runs/compact/minilm
-    python bench/compact.py --embeddings /work/runs/compact/minilm --data scifact
+    irlm encode --data scifact --model minilm-l6 --out runs/compact/minilm
+    python bench/compact.py --embeddings runs/compact/minilm --data scifact
 
 index_bytes_per_doc: the vectors search keeps in memory (FAISS code size; 4 * dim for float32).
 disk_bytes_per_doc: the whole saved folder over the documents (compact folders keep vectors.npy too,
