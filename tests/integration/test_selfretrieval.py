@@ -185,7 +185,7 @@ def test_tau_scales_retrieval_and_delta_the_assessment():
 
 def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, beir, tmp_path):
     from irlm.data import load_dataset
-    from irlm.methods.selfretrieval.train import build_examples, dev_qids, train
+    from irlm.methods.selfretrieval.train import build_examples, dev_choice, dev_qids, train
 
     cfg = SelfRetrievalConfig(model=str(lm_dir), data=str(beir), output_dir=str(tmp_path / "d"), steps=0,
                               dev_queries=1, title_beams=2, passage_beams=2, device="cpu")  # fmt: skip
@@ -207,6 +207,17 @@ def test_dev_questions_are_held_out_of_training_and_score_every_scoring(lm_dir, 
         res["rankings"]["paper"][m] == res["metrics"][m] for m in ("hits@1", "hits@5", "mrr@5"))
     assert (tmp_path / "d" / "test-paper-noassess.trec").exists()
     assert set(res["dev"]["paper"]) == {"hits@1", "hits@5", "mrr@5"}
+    assert res["dev_best"] == dev_choice(res["dev"], cfg.scoring)
+
+
+def test_dev_choice_takes_the_best_dev_ranking_and_the_configured_one_on_ties():
+    from irlm.methods.selfretrieval.train import dev_choice
+
+    dev = {"paper": {"mrr@5": 0.30, "hits@1": 0.2}, "paper-noassess": {"mrr@5": 0.35, "hits@1": 0.2},
+           "joint": {"mrr@5": 0.35, "hits@1": 0.1}}  # fmt: skip
+    assert dev_choice(dev, "paper") == "paper-noassess"  # MRR@5 first, then Hits@1
+    tied = {"paper": {"mrr@5": 0.3, "hits@1": 0.2}, "joint": {"mrr@5": 0.3, "hits@1": 0.2}}
+    assert dev_choice(tied, "joint") == "joint" and dev_choice(tied, "paper") == "paper"
 
 
 def test_kept_weights_give_a_dev_curve_and_the_model_keeps_its_own(lm_dir, beir, tmp_path):
