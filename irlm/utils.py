@@ -96,16 +96,48 @@ def _check_kind(path: Path, flag: str, kind: str | None, force: bool) -> None:
                          "give another folder, or --force to replace it")  # fmt: skip
 
 
+def _looks_trec(line: str) -> bool:
+    parts = line.split()
+    try:
+        int(parts[3]), float(parts[4])
+    except (ValueError, IndexError):
+        return False
+    return len(parts) == 6
+
+
+def _looks_jsonl(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+# what an existing output file must already be for irlm to write over it (or append to it)
+FILE_KINDS = {"trec": ("a TREC run", _looks_trec), "jsonl": ("a JSONL file of objects", _looks_jsonl)}
+
+
+def _check_file_kind(path: Path, flag: str, kind: str) -> None:
+    """Refuse an existing, non-empty file whose first line is not of `kind`: irlm writes over a run only."""
+    name, looks = FILE_KINDS[kind]
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", errors="replace")
+    first = next((ln for ln in head.splitlines() if ln.strip()), None)
+    if first is not None and not looks(first):
+        raise InputError(f"{flag} {path} exists and is not {name}; irlm will not overwrite it: give a new file path")
+
+
 def check_output(path: str | Path, flag: str = "--out", folder: bool = False, kind: str | None = None,
                  force: bool = False) -> Path:  # fmt: skip
-    """Validate an output before any expensive work: a file is not a folder, a folder is new, empty, or irlm's
-    of `kind` (with `force`: of any kind but a run directory), and the nearest existing parent is a writable
+    """Validate an output before any expensive work: a file is not a folder, an existing file is of `kind`
+    (`FILE_KINDS`), a folder is new, empty, or irlm's of `kind` (with `force`: of any kind but a run directory), and the nearest existing parent is a writable
     folder. A forced folder may then be replaced by this process's later writes of `kind`."""
     path = Path(path)
     if not folder and path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file path")
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder path")
+    if not folder and kind in FILE_KINDS and path.is_file():
+        _check_file_kind(path, flag, kind)
     check_replaceable(path, flag, kind, force)
     if force and folder:
         _forced.add(path.resolve())

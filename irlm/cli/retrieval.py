@@ -152,7 +152,7 @@ def search(
     if query is None:
         if not data or not out:
             raise InputError("give --query, or --data and --out to write a run file")
-        check_output(out)
+        check_output(out, kind="trec")
     retriever = load_retriever(index, device, data)
     if query is not None:
         for rank, (doc, score) in enumerate(retriever.search({"q": query}, k)["q"].items(), start=1):
@@ -220,7 +220,7 @@ def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run,
     if run:
         opt.existing_file(run, "--run")
     if out_run:
-        check_output(out_run, "--out-run")
+        check_output(out_run, "--out-run", kind="trec")
     return fusion, weight
 
 
@@ -288,7 +288,7 @@ def mine(
     opt.at_least(negatives, 0, "--negatives")
     opt.at_least(depth, 1, "--depth")
     opt.device(device)
-    check_output(out)
+    check_output(out, kind="jsonl")
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")

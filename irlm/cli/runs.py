@@ -102,7 +102,9 @@ def fuse(
     w = opt.weights(weights, len(runs)) if weights else [1 / len(runs)] * len(runs)
     for r in runs:
         opt.existing_file(r, "run file")
-    check_output(out)
+        if r.resolve() == out.resolve():
+            raise InputError(f"--out {out} is one of the runs being fused; give another file path")
+    check_output(out, kind="trec")
     loaded = [read_trec(r) for r in runs]
     fused = rrf(loaded) if method == "rrf" else weighted(loaded, w)
     write_trec(fused, out, tag=f"fused-{method}")

@@ -128,7 +128,7 @@ def augment(
 
     opt.device(device)
     opt.at_least(n, 1, "--n")
-    check_output(out)
+    check_output(out, kind="jsonl")
     given = {"strategy": strategy, "data": data, "out": str(out), "teacher": teacher, "retriever": retriever, "n": n}
     flags = [f"{k}={json.dumps(v)}" for k, v in given.items() if v is not None]  # JSON: YAML-safe quoting
     cfg = load_config(AugmentConfig, config, flags + list(overrides or []))
@@ -179,7 +179,7 @@ def sr_search(
     """Trie-constrained retrieval with self-assessment scores."""
     opt.at_least(k, 1, "--k")
     if query is None and out:
-        check_output(out)
+        check_output(out, kind="trec")
     retriever, data = _self_retriever(model, data, device)
     if query is not None:
         for rank, c in enumerate(retriever.candidates(query)[:k], start=1):

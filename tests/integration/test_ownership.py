@@ -300,6 +300,35 @@ def test_every_writer_refuses_a_folder_it_may_not_replace_and_leaves_it_whole(tm
                                                                   *(["target.yaml"] if victim == "run" else [])])  # fmt: skip
 
 
+def test_every_file_writer_refuses_a_file_of_another_kind_and_leaves_it_whole(tmp_path, toy_beir, capsys):
+    """An existing file is written over (or appended to) only when it is already what the command writes."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("# years of work\n")
+    trec = tmp_path / "a.trec"
+    trec.write_text("q1 Q0 d1 1 1.0 x\n")
+    for name, args in file_writers(notes, toy_beir, trec).items():
+        line = cli_error(capsys, args)
+        assert str(notes) in line and "irlm will not overwrite it" in line, (name, line)
+        assert notes.read_text() == "# years of work\n", name
+
+
+def test_a_file_writer_replaces_a_file_of_its_own_kind_but_never_its_input(tmp_path, capsys):
+    a, b, out = tmp_path / "a.trec", tmp_path / "b.trec", tmp_path / "fused.trec"
+    a.write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    b.write_text("q1 Q0 d2 1 2.0 y\nq1 Q0 d1 2 1.0 y\n")
+    out.write_text("q9 Q0 old 1 5.0 earlier\n")  # an earlier fused run: rerunning replaces it
+    cli_ok(capsys, ["fuse", a, b, "--out", out])
+    assert "old" not in out.read_text() and "d1" in out.read_text()
+    before = a.read_text()
+    line = cli_error(capsys, ["fuse", a, b, "--out", a])
+    assert "is one of the runs being fused" in line and a.read_text() == before
+    jsonl = tmp_path / "ex.jsonl"
+    jsonl.write_text('{"query": "q"}\n')
+    assert check_output(jsonl, kind="jsonl") == jsonl
+    with pytest.raises(InputError, match="is not a JSONL file"):
+        check_output(a, kind="jsonl")
+
+
 @pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run"])
 def test_force_never_replaces_a_run_directory_or_a_folder_irlm_did_not_make(tmp_path, toy_beir, victims, capsys,
                                                                             victim):  # fmt: skip
