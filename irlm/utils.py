@@ -105,15 +105,16 @@ def _looks_trec(line: str) -> bool:
     return len(parts) == 6
 
 
-def _looks_jsonl(line: str) -> bool:
+def _looks_examples(line: str) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
+        obj = json.loads(line)
     except ValueError:
         return False
+    return isinstance(obj, dict) and "query" in obj and "positives" in obj
 
 
 # what an existing output file must already be for irlm to write over it (or append to it)
-FILE_KINDS = {"trec": ("a TREC run", _looks_trec), "jsonl": ("a JSONL file of objects", _looks_jsonl)}
+FILE_KINDS = {"trec": ("a TREC run", _looks_trec), "examples": ("a JSONL of training examples (query, positives)", _looks_examples)}
 
 
 def _check_file_kind(path: Path, flag: str, kind: str) -> None:

@@ -288,7 +288,7 @@ def mine(
     opt.at_least(negatives, 0, "--negatives")
     opt.at_least(depth, 1, "--depth")
     opt.device(device)
-    check_output(out, kind="jsonl")
+    check_output(out, kind="examples")
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise InputError(f"dataset '{data}' has no split '{split}' (has: {', '.join(ds.qrels)})")

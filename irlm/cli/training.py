@@ -128,7 +128,7 @@ def augment(
 
     opt.device(device)
     opt.at_least(n, 1, "--n")
-    check_output(out, kind="jsonl")
+    check_output(out, kind="examples")
     given = {"strategy": strategy, "data": data, "out": str(out), "teacher": teacher, "retriever": retriever, "n": n}
     flags = [f"{k}={json.dumps(v)}" for k, v in given.items() if v is not None]  # JSON: YAML-safe quoting
     cfg = load_config(AugmentConfig, config, flags + list(overrides or []))

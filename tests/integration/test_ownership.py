@@ -322,11 +322,13 @@ def test_a_file_writer_replaces_a_file_of_its_own_kind_but_never_its_input(tmp_p
     before = a.read_text()
     line = cli_error(capsys, ["fuse", a, b, "--out", a])
     assert "is one of the runs being fused" in line and a.read_text() == before
-    jsonl = tmp_path / "ex.jsonl"
-    jsonl.write_text('{"query": "q"}\n')
-    assert check_output(jsonl, kind="jsonl") == jsonl
-    with pytest.raises(InputError, match="is not a JSONL file"):
-        check_output(a, kind="jsonl")
+    examples, corpus = tmp_path / "ex.jsonl", tmp_path / "corpus.jsonl"
+    examples.write_text('{"query": "q", "positives": ["p"], "negatives": []}\n')
+    corpus.write_text('{"_id": "d1", "title": "", "text": "years of work"}\n')
+    assert check_output(examples, kind="examples") == examples  # mine reruns, augment resumes
+    for other in (a, corpus):  # a run, or a user's corpus: never appended to or replaced
+        with pytest.raises(InputError, match="is not a JSONL of training examples"):
+            check_output(other, kind="examples")
 
 
 @pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run"])
