@@ -114,7 +114,8 @@ def _looks_examples(line: str) -> bool:
 
 
 # what an existing output file must already be for irlm to write over it (or append to it)
-FILE_KINDS = {"trec": ("a TREC run", _looks_trec), "examples": ("a JSONL of training examples (query, positives)", _looks_examples)}
+FILE_KINDS = {"trec": ("a TREC run", _looks_trec),
+              "examples": ("a JSONL of training examples (query, positives)", _looks_examples)}
 
 
 def _check_file_kind(path: Path, flag: str, kind: str) -> None:
@@ -130,8 +131,9 @@ def _check_file_kind(path: Path, flag: str, kind: str) -> None:
 def check_output(path: str | Path, flag: str = "--out", folder: bool = False, kind: str | None = None,
                  force: bool = False) -> Path:  # fmt: skip
     """Validate an output before any expensive work: a file is not a folder, an existing file is of `kind`
-    (`FILE_KINDS`), a folder is new, empty, or irlm's of `kind` (with `force`: of any kind but a run directory), and the nearest existing parent is a writable
-    folder. A forced folder may then be replaced by this process's later writes of `kind`."""
+    (`FILE_KINDS`), a folder is new, empty, or irlm's of `kind` (with `force`: of any kind but a run
+    directory), and the nearest existing parent is a writable folder. A forced folder may then be replaced by
+    this process's later writes of `kind`."""
     path = Path(path)
     if not folder and path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file path")

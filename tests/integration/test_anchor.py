@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
@@ -60,15 +61,25 @@ def test_stage1_step_updates_encoder_parameters():
     assert missing == []
 
 
-def test_stage1_gradient_flows_through_the_embedding():
-    """Detaching the embedding (no flow into the encoding pass) must change the gradients."""
+def test_the_library_default_prefix_is_the_recipes():
+    import inspect
+
+    from irlm.methods.anchor.config import AnchorConfig
+
+    default = inspect.signature(ReconstructionTask).parameters["prefix_scale"].default
+    assert default == AnchorConfig().prefix_scale == "token"
+
+
+@pytest.mark.parametrize("scale,prefix", [("embedding", "embed"), ("token", "pooled")])
+def test_stage1_gradient_flows_through_the_embedding(scale, prefix):
+    """Detaching the prefix (no flow into the encoding pass) must change the gradients, for either scaling."""
     enc = tiny_lm_encoder()
-    task = ReconstructionTask(enc, alpha=0.2, target_max_length=16)
+    task = ReconstructionTask(enc, alpha=0.2, target_max_length=16, prefix_scale=scale)
     task.step(toy_examples(4))
     full = torch.cat([p.grad.flatten() for p in enc.model.parameters()]).clone()
     enc.model.zero_grad(set_to_none=True)
-    embed = enc.embed
-    enc.embed = lambda **kw: embed(**kw).detach()
+    made = getattr(enc, prefix)
+    setattr(enc, prefix, lambda **kw: made(**kw).detach())
     task.step(toy_examples(4))
     cut = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in enc.model.parameters()])
     assert (full - cut).abs().max() > 1e-6
@@ -107,7 +118,6 @@ def test_stage2_reads_cached_states_of_the_model_stage1_left(tmp_path, toy_beir,
 
 
 def test_cache_layers_refuses_lora():
-    import pytest
 
     from irlm.errors import InputError
     from irlm.methods.anchor.config import AnchorConfig
@@ -175,7 +185,6 @@ def test_eos_pooling_appends_the_end_token_once(lm_dir):
 
 
 def test_prefix_scale_refuses_an_unknown_value():
-    import pytest
 
     from irlm.errors import InputError
     from irlm.methods.anchor.config import AnchorConfig

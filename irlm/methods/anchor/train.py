@@ -44,7 +44,7 @@ class ReconstructionTask:
 
     probe_precision = True  # a step has no side effects: `precision: auto` may time it (irlm.train.precision)
 
-    def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int, prefix_scale: str = "embedding"):
+    def __init__(self, encoder: LLMEncoder, alpha: float, target_max_length: int, prefix_scale: str = "token"):
         self.encoder, self.alpha, self.target_max_length = encoder, alpha, target_max_length
         self.prefix_scale = prefix_scale
 
