@@ -215,15 +215,26 @@ def claim_run_dir(run_dir: Path, force: bool = False) -> None:
     claim_folder(run_dir, "run", "run_dir")
 
 
-def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
-    """Run every stage whose hash is not yet recorded as finished; returns the state."""
+def upto(stages: list[dict], until: str | None) -> list[dict]:
+    """The stages from the first through `until` (all of them without it)."""
+    names = [st["name"] for st in stages]
+    if until is None:
+        return stages
+    if until not in names:
+        raise InputError(f"--until {until}: the recipe has no such stage (stages: {', '.join(names)})")
+    return stages[: names.index(until) + 1]
+
+
+def run_pipeline(recipe: str | Path, force: bool = False, until: str | None = None) -> dict:
+    """Run every stage whose hash is not yet recorded as finished, through stage `until` if given (the later
+    stages' records are kept); returns the state."""
     run_dir, stages = load_recipe(recipe)
     check_settings(stages, run_dir)
     claim_run_dir(run_dir, force)
     state_path = run_dir / STATE
     state = read_json_file(state_path) if state_path.is_file() and not force else {}  # damaged: one line
     hashes, folders = {}, {}
-    for st in stages:
+    for st in upto(stages, until):
         h = stage_hash(st, {n: hashes[n] for n in dependencies(st, list(hashes))})
         folder = run_dir / st["name"]
         folders[st["name"]] = folder
@@ -243,7 +254,8 @@ def run_pipeline(recipe: str | Path, force: bool = False) -> dict:
             state[st["name"]] = {"hash": h, "kind": st["kind"], "result": result, "seconds": seconds}
             write_json(state_path, state)  # atomic: a kill never leaves a half-written record
         hashes[st["name"]] = h
-    for name in [n for n in state if n not in folders]:
+    names = {st["name"] for st in stages}
+    for name in [n for n in state if n not in names]:
         state.pop(name)  # stages removed from the recipe
     write_json(state_path, state)
     return state

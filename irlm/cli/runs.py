@@ -132,15 +132,19 @@ def run_cmd(
                                "replace an irlm folder of another kind at run_dir or a stage's folder)."),
     check: bool = typer.Option(False, "--check", help="Exit with status 1 when a number differs from the recipe's "
                                "`expected:` by more than its tolerance (the lines are printed either way)."),
+    until: str | None = typer.Option(None, "--until", help="Run the stages through this one only (the later "
+                                     "stages and their records are left as they are)."),
 ) -> None:
     """Run a recipe's stages into one run directory; finished, unchanged stages are skipped. Each number of
     the recipe's `expected:` is then compared with what was measured, one PASS/FAIL line each."""
     from irlm.eval.expected import check_expected, check_line
     from irlm.eval.report import headline, metric_rows
-    from irlm.pipeline import expectations, run_pipeline
+    from irlm.pipeline import expectations, load_recipe, run_pipeline, upto
 
     expected = expectations(recipe)  # read first: a malformed block fails before any stage runs
-    state = run_pipeline(recipe, force=force)
+    reached = {st["name"] for st in upto(load_recipe(recipe)[1], until)}
+    expected = {name: items for name, items in expected.items() if name in reached}
+    state = run_pipeline(recipe, force=force, until=until)
     table = Table("system", "data", "metric", "value")
     for row in metric_rows(state):
         if headline(row):

@@ -54,3 +54,16 @@ def test_irlm_run_prints_the_check_and_check_sets_the_exit_status(tmp_path, toy_
     assert f"{verdict} bm25 toy ndcg@10 {real:.4f}" in out.stderr
     state = yaml.safe_load((tmp_path / "run" / "state.json").read_text())
     assert 0 <= state["bm25"]["seconds"] < 600  # each stage's wall time, for bench/quickstart.sh
+
+
+def test_until_checks_only_the_stages_it_reached(tmp_path, toy_beir):
+    """A stage past --until is not run, so its expected number is not checked (nor counted a FAIL)."""
+    stages = [{"name": n, "kind": "eval", "data": str(toy_beir), "retriever": "bm25", "k": 10,
+               "expected": {"toy_ndcg@10": {"value": 0.0, "tolerance": 2.0}}} for n in ("first", "later")]  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    cmd = [sys.executable, "-c", "from irlm.cli import run; run()", "run", str(path), "--check", "--until", "first"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "PASS first toy ndcg@10" in out.stderr and "later" not in out.stderr
+    assert not (tmp_path / "run" / "later").exists()

@@ -53,6 +53,17 @@ def test_finished_stages_are_skipped(tmp_path, marks):
     assert marks == ["a", "b", "c"] * 2
 
 
+def test_until_runs_the_stages_through_the_one_named_and_keeps_the_later_records(tmp_path, marks):
+    pipeline.run_pipeline(recipe(tmp_path))
+    state = pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 30)), until="b")
+    assert marks == ["a", "b", "c", "b"]  # c changed too, but is past --until
+    assert state["c"]["result"]["value"] == 3  # its earlier record stays
+    pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 30)))
+    assert marks == ["a", "b", "c", "b", "c"]
+    with pytest.raises(InputError, match="--until d: the recipe has no such stage"):
+        pipeline.run_pipeline(recipe(tmp_path), until="d")
+
+
 def test_a_changed_stage_reruns_with_the_stages_that_reference_it(tmp_path, marks):
     pipeline.run_pipeline(recipe(tmp_path))
     state = pipeline.run_pipeline(recipe(tmp_path, values=(10, 2, 3)))  # b reads ${a}; c uses neither
