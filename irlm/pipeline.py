@@ -232,13 +232,14 @@ def run_pipeline(recipe: str | Path, force: bool = False, until: str | None = No
     check_settings(stages, run_dir)
     claim_run_dir(run_dir, force)
     state_path = run_dir / STATE
-    state = read_json_file(state_path) if state_path.is_file() and not force else {}  # damaged: one line
+    keep = state_path.is_file() and (not force or until is not None)  # --force --until keeps the later records
+    state = read_json_file(state_path) if keep else {}  # damaged: one line
     hashes, folders = {}, {}
     for st in upto(stages, until):
         h = stage_hash(st, {n: hashes[n] for n in dependencies(st, list(hashes))})
         folder = run_dir / st["name"]
         folders[st["name"]] = folder
-        done = state.get(st["name"])
+        done = None if force else state.get(st["name"])
         if done and done.get("hash") == h:
             log.info("stage %s: unchanged, skipped", st["name"])
         else:

@@ -119,12 +119,17 @@ FILE_KINDS = {"trec": ("a TREC run", _looks_trec),
 
 
 def _check_file_kind(path: Path, flag: str, kind: str) -> None:
-    """Refuse an existing, non-empty file whose first line is not of `kind`: irlm writes over a run only."""
+    """Refuse an existing, non-empty file whose first line is not of `kind`: irlm writes over a run only. Lines
+    split at b"\n" alone (JSON keeps U+2028 raw), whole however long, a BOM read as `read_lines` does; an
+    examples file whose only line a kill cut off (no newline yet) is augment's to repair."""
     name, looks = FILE_KINDS[kind]
     with open(path, "rb") as f:
-        head = f.read(1 << 16).decode("utf-8", errors="replace")
-    first = next((ln for ln in head.splitlines() if ln.strip()), None)
-    if first is not None and not looks(first):
+        first = next((raw for raw in f if raw.strip()), None)
+    if first is None:
+        return
+    text = first.decode("utf-8-sig", errors="replace").strip()
+    cut = kind == "examples" and not first.endswith(b"\n") and text.startswith("{")
+    if not cut and not looks(text):
         raise InputError(f"{flag} {path} exists and is not {name}; irlm will not overwrite it: give a new file path")
 
 

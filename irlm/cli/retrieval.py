@@ -220,6 +220,8 @@ def _check_eval_flags(retriever, fusion, weight, k, dtype, device, out_run, run,
     if run:
         opt.existing_file(run, "--run")
     if out_run:
+        if run and Path(run).resolve() == Path(out_run).resolve():
+            raise InputError(f"--out-run {out_run} is the --run being evaluated; give another file path")
         check_output(out_run, "--out-run", kind="trec")
     return fusion, weight
 

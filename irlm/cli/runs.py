@@ -145,6 +145,7 @@ def run_cmd(
     reached = {st["name"] for st in upto(load_recipe(recipe)[1], until)}
     expected = {name: items for name, items in expected.items() if name in reached}
     state = run_pipeline(recipe, force=force, until=until)
+    state = {name: rec for name, rec in state.items() if name in reached}  # later records: not this run's
     table = Table("system", "data", "metric", "value")
     for row in metric_rows(state):
         if headline(row):

@@ -331,6 +331,39 @@ def test_a_file_writer_replaces_a_file_of_its_own_kind_but_never_its_input(tmp_p
             check_output(other, kind="examples")
 
 
+def test_every_file_irlm_writes_is_accepted_as_its_own_output(tmp_path):
+    """What write_examples and augment's append write (raw U+2028, a line over 64 KiB, a first line a kill cut
+    off, a BOM) and what write_trec writes are written over again, never refused."""
+    from irlm.data.training import TrainExample, write_examples
+    from irlm.eval import write_trec
+    from irlm.methods.drama.augment import Outcome, append
+
+    odd = TrainExample("a\u2028b\u0085c", ["p" * 70_000], ["n"])
+    write_examples(tmp_path / "mined.jsonl", [odd])
+    append([Outcome("u1", odd, None)], tmp_path / "aug.jsonl")
+    line = (tmp_path / "aug.jsonl").read_bytes()
+    (tmp_path / "cut.jsonl").write_bytes(line[:500])  # killed mid-line in its first batch
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + line)
+    for name in ("mined.jsonl", "aug.jsonl", "cut.jsonl", "bom.jsonl"):
+        assert check_output(tmp_path / name, kind="examples") == tmp_path / name
+    write_trec({"q1": {"d1": 1.0}}, tmp_path / "r.trec")
+    assert check_output(tmp_path / "r.trec", kind="trec") == tmp_path / "r.trec"
+    (tmp_path / "note.txt").write_text("years of work")  # no newline: still not a run, still refused
+    with pytest.raises(InputError, match="not a TREC run"):
+        check_output(tmp_path / "note.txt", kind="trec")
+
+
+def test_a_run_is_never_written_over_its_own_input_by_another_name(tmp_path, toy_beir, capsys, monkeypatch):
+    a, b = tmp_path / "a.trec", tmp_path / "b.trec"
+    a.write_text("q1 Q0 d1 1 2.0 x\n")
+    b.write_text("q1 Q0 d2 1 2.0 y\n")
+    monkeypatch.chdir(tmp_path)
+    line = cli_error(capsys, ["fuse", a, b, "--out", "./sub/../a.trec"])
+    assert "is one of the runs being fused" in line
+    line = cli_error(capsys, ["eval", "--data", toy_beir, "--run", a, "--out-run", "a.trec"])
+    assert "is the --run being evaluated" in line and a.read_text() == "q1 Q0 d1 1 2.0 x\n"
+
+
 @pytest.mark.parametrize("victim", ["hf-checkpoint", "meta-kind", "run"])
 def test_force_never_replaces_a_run_directory_or_a_folder_irlm_did_not_make(tmp_path, toy_beir, victims, capsys,
                                                                             victim):  # fmt: skip

@@ -60,6 +60,8 @@ def test_until_runs_the_stages_through_the_one_named_and_keeps_the_later_records
     assert state["c"]["result"]["value"] == 3  # its earlier record stays
     pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 30)))
     assert marks == ["a", "b", "c", "b", "c"]
+    pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 30)), force=True, until="a")
+    assert marks[-1] == "a" and pipeline.run_pipeline(recipe(tmp_path, values=(1, 20, 30)), until="a")["c"]
     with pytest.raises(InputError, match="--until d: the recipe has no such stage"):
         pipeline.run_pipeline(recipe(tmp_path), until="d")
 
