@@ -96,8 +96,12 @@ def _check_kind(path: Path, flag: str, kind: str | None, force: bool) -> None:
                          "give another folder, or --force to replace it")  # fmt: skip
 
 
-def _looks_trec(line: str) -> bool:
-    parts = line.split()
+def _first_line(raw: bytes) -> str:
+    return raw.decode("utf-8-sig", errors="replace").strip()  # a BOM read as `read_lines` does
+
+
+def _looks_trec(raw: bytes) -> bool:
+    parts = _first_line(raw).split()
     try:
         int(parts[3]), float(parts[4])
     except (ValueError, IndexError):
@@ -105,31 +109,29 @@ def _looks_trec(line: str) -> bool:
     return len(parts) == 6
 
 
-def _looks_examples(line: str) -> bool:
+def _looks_examples(raw: bytes) -> bool:
+    text = _first_line(raw)
+    if not raw.endswith(b"\n") and text.startswith("{"):
+        return True  # the only line, cut off by a kill: augment repairs it on resume
     try:
-        obj = json.loads(line)
+        obj = json.loads(text)
     except ValueError:
         return False
     return isinstance(obj, dict) and "query" in obj and "positives" in obj
 
 
-# what an existing output file must already be for irlm to write over it (or append to it)
+# what an existing output file's first line must already be for irlm to write over it (or append to it)
 FILE_KINDS = {"trec": ("a TREC run", _looks_trec),
               "examples": ("a JSONL of training examples (query, positives)", _looks_examples)}
 
 
 def _check_file_kind(path: Path, flag: str, kind: str) -> None:
-    """Refuse an existing, non-empty file whose first line is not of `kind`: irlm writes over a run only. Lines
-    split at b"\n" alone (JSON keeps U+2028 raw), whole however long, a BOM read as `read_lines` does; an
-    examples file whose only line a kill cut off (no newline yet) is augment's to repair."""
+    """Refuse an existing, non-empty file whose first line is not of `kind`: irlm writes over its own outputs
+    only. Lines split at b"\n" alone (JSON keeps U+2028 raw) and are read whole, however long."""
     name, looks = FILE_KINDS[kind]
     with open(path, "rb") as f:
         first = next((raw for raw in f if raw.strip()), None)
-    if first is None:
-        return
-    text = first.decode("utf-8-sig", errors="replace").strip()
-    cut = kind == "examples" and not first.endswith(b"\n") and text.startswith("{")
-    if not cut and not looks(text):
+    if first is not None and not looks(first):
         raise InputError(f"{flag} {path} exists and is not {name}; irlm will not overwrite it: give a new file path")
 
 

@@ -118,7 +118,6 @@ def test_stage2_reads_cached_states_of_the_model_stage1_left(tmp_path, toy_beir,
 
 
 def test_cache_layers_refuses_lora():
-
     from irlm.errors import InputError
     from irlm.methods.anchor.config import AnchorConfig
 
@@ -185,7 +184,6 @@ def test_eos_pooling_appends_the_end_token_once(lm_dir):
 
 
 def test_prefix_scale_refuses_an_unknown_value():
-
     from irlm.errors import InputError
     from irlm.methods.anchor.config import AnchorConfig
 
