@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,14 @@ def init_distributed() -> None:
 def _leave_distributed() -> None:
     """Tear the process group down before the interpreter exits: left to the exit itself, gloo's threads can
     abort a rank ("terminate called without an active exception") while its peer still talks to it."""
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    try:  # gloo: wait for every rank first, since a peer that tears down first aborts the other; bounded,
+        if dist.get_backend() == "gloo":  # as after an error in one rank the others may never come
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+    except RuntimeError:
+        pass
+    finally:
         dist.destroy_process_group()
 
 
